@@ -1,0 +1,112 @@
+"""`lrt` command line: validate | train | quickstart | prep | rerank | eval | export | bench.
+
+User mistakes (`LrtError`) print one clear message and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from lrt.errors import LrtError
+
+USAGE = """lrt <command> [args]
+
+commands:
+  validate RECIPE [key=value ...]   check a recipe (types, unknown keys, conflicts, files) without training
+  train RECIPE [key=value ...]      train (add --nproc-per-node N to re-launch under torchrun)
+  quickstart [--out DIR]            generate the demo data, train the tiny reranker, export, evaluate
+  prep JOB.yaml [key=value ...]     build listwise labels with a teacher / import public formats
+  rerank ...                        rerank a TREC run with an exported model (lrt rerank -h)
+  eval --qrels Q --run R [...]      trec_eval-exact metrics via ir-measures (lrt eval -h)
+  export RUN_DIR --out DIR          merge LoRA and write a Hugging Face reranker checkpoint
+  bench ...                         benchmarks (lrt bench -h)
+"""
+
+
+def _validate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lrt validate", description="Validate a recipe without training.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5")
+    a = p.parse_args(argv)
+    from lrt.config import load_recipe
+
+    r = load_recipe(a.recipe, a.overrides)
+    terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
+    print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; identifiers {r.identifier_scheme()})")
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lrt train", description="Train a reranker from a recipe.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 data.train=x.jsonl")
+    p.add_argument("--nproc-per-node", type=int, default=None, help="re-launch under torchrun with N processes")
+    p.add_argument("--nnodes", type=int, default=1)
+    a = p.parse_args(argv)
+    from lrt.config import load_recipe
+
+    recipe = load_recipe(a.recipe, a.overrides)  # validate before spawning anything
+    if a.nproc_per_node and "LOCAL_RANK" not in os.environ:
+        from lrt.launch import relaunch_torchrun
+
+        return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes)
+    from lrt.train.loop import train
+
+    res = train(recipe)
+    if res.eval_history and int(os.environ.get("RANK", "0")) == 0:
+        last = res.eval_history[-1]
+        print(f"eval nDCG@10 {last['eval/nDCG@10']:.4f} (initial order {last['eval/initial_nDCG@10']:.4f})")
+    if res.final_dir and int(os.environ.get("RANK", "0")) == 0:
+        print(f"exported: {res.final_dir}")
+    return 0
+
+
+def _lazy(module: str, fn: str = "main") -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), fn)(argv) or 0)
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "validate": _validate,
+    "train": _train,
+    "quickstart": _lazy("lrt.quickstart"),
+    "prep": _lazy("lrt.prep.job"),
+    "rerank": _lazy("lrt.rerank_cli"),
+    "eval": _lazy("lrt.evaluate"),
+    "export": _lazy("lrt.export_cli"),
+    "bench": _lazy("lrt.bench"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "datasets", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        import difflib
+
+        hint = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
+        print(f"error: unknown command {cmd!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""), file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[cmd](rest)
+    except LrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

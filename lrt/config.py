@@ -1,0 +1,375 @@
+"""Recipes: YAML -> typed, strictly validated schema (pydantic v2) with dotted CLI overrides.
+
+Unknown keys fail with their dotted path and a did-you-mean; wrong types and cross-field conflicts
+fail too; every problem is collected and reported at once as one `ConfigError` (no traceback).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lrt.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def resolve_path(p: str) -> str:
+    """`lrt:assets/x` -> a path inside the installed package; anything else is returned as is."""
+    return str(PACKAGE_DIR / p[4:]) if p.startswith("lrt:") else p
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    modules_to_save: list[str] = []
+
+
+class QuantConfig(Strict):
+    """bitsandbytes k-bit loading for QLoRA."""
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+
+
+class ModelConfig(Strict):
+    name_or_path: str
+    tokenizer: str | None = None
+    init: Literal["pretrained", "from_config"] = "pretrained"
+    config_overrides: dict[str, Any] = {}
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    neftune_alpha: float | None = Field(None, ge=0)
+    lora: LoraConfig | None = None
+    quantization: QuantConfig | None = None
+
+
+class DataConfig(Strict):
+    train: str
+    eval: str | None = None
+    split: str = "train"
+    on_invalid: Literal["error", "skip"] = "error"
+    window: int | None = Field(None, gt=1, description="candidates per training list (first ones in display order)")
+    max_length: int = Field(4096, gt=16)
+    padding_side: Literal["left", "right"] = "right"
+    limit: int | None = Field(None, gt=0)
+    num_proc: int = Field(1, ge=1)
+
+
+class PromptConfig(Strict):
+    preset: Literal["first_alpha", "rankgpt_numeric", "compact"] = "first_alpha"
+    system: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    passage: str | None = None
+    identifiers: Literal["alpha", "numeric", "special"] | None = None
+    max_passage_tokens: int = Field(300, gt=0)
+    chat_template: Literal["auto", "none"] = "auto"
+    system_in_user: bool = False
+
+
+class LossTerm(Strict):
+    """One weighted term of the objective: `lm` or any registered ranking loss."""
+
+    name: str
+    weight: float = Field(1.0, gt=0)
+    params: dict[str, Any] = {}
+
+
+LM_PARAMS = {"importance", "alpha", "normalize", "chunk_size"}
+
+
+class TrainConfig(Strict):
+    seed: int = 42
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    per_device_batch_size: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(5e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    save_every: int | None = Field(None, gt=0)
+    keep_last: int = Field(2, gt=0)
+    resume: str = "none"  # none | auto | path to a checkpoint directory
+    deepspeed: str | None = None
+    log_every: int = Field(10, gt=0)
+    save_final: bool = True
+
+
+class EvalConfig(Strict):
+    data: str | None = None  # defaults to data.eval
+    every: int | None = Field(None, gt=0)
+    at_start: bool = True
+    at_end: bool = True
+    window: int | None = Field(None, gt=1)
+    stride: int | None = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_queries: int | None = Field(None, gt=0)
+    select_best: bool = False
+
+
+class LogConfig(Strict):
+    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "lrt"
+    run_name: str | None = None
+    progress: bool = True
+
+
+def _default_loss() -> list[LossTerm]:
+    return [LossTerm(name="lm", weight=1.0), LossTerm(name="ranknet", weight=10.0, params={"weighting": "first"})]
+
+
+class Recipe(Strict):
+    model: ModelConfig
+    data: DataConfig
+    prompt: PromptConfig = PromptConfig()
+    loss: list[LossTerm] = Field(default_factory=_default_loss)
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    output_dir: str
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "Recipe":
+        problems = cross_field_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # derived views -------------------------------------------------------------------------
+    def identifier_scheme(self) -> str:
+        from lrt.data.prompts import PRESETS
+
+        return self.prompt.identifiers or PRESETS[self.prompt.preset]["identifiers"]
+
+    def ranking_terms(self) -> list[LossTerm]:
+        return [t for t in self.loss if t.name != "lm"]
+
+    def lm_term(self) -> LossTerm | None:
+        return next((t for t in self.loss if t.name == "lm"), None)
+
+
+def cross_field_problems(r: Recipe) -> list[str]:
+    """Conflicts no single field can see; each message names the keys and the fix."""
+    out: list[str] = []
+    scheme = r.identifier_scheme()
+    if scheme == "alpha" and r.data.window and r.data.window > 26:
+        out.append(f"data.window={r.data.window} but alpha identifiers stop at 26: set prompt.identifiers=special")
+    if r.model.quantization and not r.model.lora:
+        out.append("model.quantization needs model.lora (QLoRA trains adapters on a frozen quantised base)")
+    if r.model.quantization and r.train.deepspeed:
+        out.append("model.quantization with train.deepspeed is not supported: use one GPU with QLoRA, or LoRA under ZeRO")
+    if not r.loss:
+        out.append("loss: needs at least one term, e.g. [{name: lm}]")
+    names = [t.name for t in r.loss]
+    if len(set(names)) != len(names):
+        out.append(f"loss: each term may appear once (got {names})")
+    out.extend(_loss_problems(r.loss))
+    if r.eval.select_best and not r.eval.every:
+        out.append("eval.select_best needs eval.every (steps between evaluations)")
+    if (r.eval.every or r.eval.select_best) and not (r.eval.data or r.data.eval):
+        out.append("eval.every is set but there is no eval data: set data.eval or eval.data")
+    if r.train.precision == "bf16" and r.model.dtype == "float16":
+        out.append("train.precision=bf16 conflicts with model.dtype=float16")
+    if r.train.resume not in ("none", "auto") and not Path(r.train.resume).exists():
+        out.append(f"train.resume: checkpoint {r.train.resume!r} does not exist (use auto, none or a checkpoint dir)")
+    if r.train.deepspeed and not Path(resolve_path(r.train.deepspeed)).exists():
+        out.append(f"train.deepspeed: file {r.train.deepspeed!r} not found (see launch/ds_zero*.json)")
+    if r.train.optimizer == "adamw8bit" and r.train.deepspeed:
+        out.append("train.optimizer=adamw8bit is not used under DeepSpeed (it builds its own optimizer)")
+    return out
+
+
+def _loss_problems(terms: list[LossTerm]) -> list[str]:
+    out: list[str] = []
+    try:
+        from lrt.losses.registry import RANKING_LOSSES, get_ranking_loss
+    except ImportError:  # loss library not importable: report rather than crash
+        return ["loss: the loss registry (lrt.losses) cannot be imported"]
+    for i, t in enumerate(terms):
+        if t.name == "lm":
+            bad = set(t.params) - LM_PARAMS
+            if bad:
+                out.append(f"loss[{i}].params: unknown lm param(s) {sorted(bad)}; allowed {sorted(LM_PARAMS)}")
+            continue
+        if t.name not in RANKING_LOSSES:
+            hint = difflib.get_close_matches(t.name, [*RANKING_LOSSES, "lm"], n=1)
+            out.append(
+                f"loss[{i}].name: unknown loss {t.name!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; choose from {sorted([*RANKING_LOSSES, 'lm'])}"
+            )
+            continue
+        try:
+            get_ranking_loss(t.name, **t.params)
+        except (ValueError, TypeError) as e:
+            out.append(f"loss[{i}].params: {e}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model at `loc` (for did-you-mean on unknown keys)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cur = cand
+                break
+            inner = getattr(cand, "__args__", ())
+            sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if sub is not None:
+                cur = sub
+                break
+        else:
+            return []
+    return list(getattr(cur, "model_fields", {}))
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    out: list[str] = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        if e["type"] == "extra_forbidden":
+            names = _field_names(Recipe, loc)
+            hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            msg = f"{path}: unknown key" + (f" (did you mean {'.'.join(map(str, loc[:-1] + (hint[0],)))!r}?)" if hint else "")
+            if names:
+                msg += f"; allowed here: {', '.join(names)}"
+            out.append(msg)
+        elif e["type"] == "value_error" and not loc:
+            out.extend(str(e["msg"]).removeprefix("Value error, ").split("\n"))
+        else:
+            out.append(f"{path or '(top level)'}: {e['msg']} (got {e.get('input')!r})"[:400])
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`train.lr=1e-5`, `loss[1].weight=5`, `model.lora=null`: values are parsed as YAML scalars."""
+    problems: list[str] = []
+    for ov in overrides:
+        if "=" not in ov:
+            problems.append(f"override {ov!r}: expected KEY=VALUE, e.g. train.lr=1e-5")
+            continue
+        key, val = ov.split("=", 1)
+        try:
+            value = yaml.safe_load(val) if val != "" else ""
+        except yaml.YAMLError:
+            value = val
+        cur: Any = raw
+        parts = _split_key(key)
+        for p in parts[:-1]:
+            if isinstance(p, int):
+                if not isinstance(cur, list) or p >= len(cur):
+                    problems.append(f"override {key}: index [{p}] out of range")
+                    break
+                cur = cur[p]
+            else:
+                if not isinstance(cur, dict):
+                    problems.append(f"override {key}: {p!r} is not a section")
+                    break
+                cur = cur.setdefault(p, {})
+        else:
+            last = parts[-1]
+            if isinstance(last, int):
+                if isinstance(cur, list) and last < len(cur):
+                    cur[last] = value
+                else:
+                    problems.append(f"override {key}: index [{last}] out of range")
+            else:
+                cur[last] = value
+    if problems:
+        raise ConfigError(problems, "overrides")
+    return raw
+
+
+def _split_key(key: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for chunk in key.split("."):
+        while "[" in chunk:
+            name, rest = chunk.split("[", 1)
+            if name:
+                parts.append(name)
+            idx, chunk = rest.split("]", 1)
+            parts.append(int(idx))
+        if chunk:
+            parts.append(chunk)
+    return parts
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Recipe:
+    """Read, override, validate. Raises ConfigError listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"recipe file {str(path)!r} not found"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError([f"invalid YAML{where}: {getattr(e, 'problem', e)}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["the recipe must be a mapping of sections (model, data, ...)"], str(path))
+    return recipe_from_dict(raw, overrides or [], str(path), check_files)
+
+
+def recipe_from_dict(raw: dict[str, Any], overrides: list[str], source: str = "recipe", check_files: bool = True) -> Recipe:
+    if any(o.startswith("loss[") for o in overrides) and "loss" not in raw:
+        raw["loss"] = [t.model_dump() for t in _default_loss()]  # so `loss[1].weight=5` edits the default
+    raw = apply_overrides(raw, overrides)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e), source) from None
+    if check_files:
+        problems = missing_files(recipe)
+        if problems:
+            raise ConfigError(problems, source)
+    return recipe
+
+
+def missing_files(r: Recipe) -> list[str]:
+    """Local data paths that do not exist (hub ids without a file suffix are left to `datasets`)."""
+    out = []
+    for key, val in (("data.train", r.data.train), ("data.eval", r.data.eval), ("eval.data", r.eval.data)):
+        if val and not val.startswith("generate:"):
+            p = Path(resolve_path(val))
+            looks_local = p.suffix in {".jsonl", ".json", ".parquet"} or val.startswith((".", "/", "lrt:"))
+            if looks_local and not p.exists():
+                out.append(f"{key}: file {val!r} not found")
+    return out
+
+
+def dump_recipe(r: Recipe, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(r.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,248 @@
+"""Readers and writers for TREC runs, qrels, topics and passage corpora.
+
+Readers fail with a `DataError` naming `file:line` and the fix: a silently skipped line shifts
+evaluation numbers with no visible symptom. Runs come back in trec_eval order (score desc, ties
+by docid desc) and `write_run` emits unique decreasing scores, so tie rules never matter.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from lrt.errors import DataError
+
+Run = dict[str, list[tuple[str, float]]]
+Qrels = dict[str, dict[str, int]]
+PathLike = str | os.PathLike[str]
+
+
+def _open(path: PathLike) -> TextIO:
+    """Open text (transparently gunzipping `.gz`) or raise a DataError that names the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found (or not a regular file); check the path")
+    return gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")
+
+
+def _lines(path: PathLike, comments: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, line without newline), skipping blank (and '#') lines."""
+    with _open(path) as f:
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(f, start=1):  # noqa: B007 - lineno used on error
+                line = raw.rstrip("\r\n")
+                if line.strip() and not (comments and line.lstrip().startswith("#")):
+                    yield lineno, line
+        except UnicodeDecodeError as e:  # decoding is chunked, so the line is approximate
+            raise DataError(f"{path}: not valid UTF-8 near line {lineno + 1} ({e.reason}); "
+                            "re-encode the file as UTF-8") from None
+
+
+def trec_order(pairs: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Sort like trec_eval: score descending, ties by docid descending (byte-wise strcmp).
+
+    Python str comparison is by code point, which equals UTF-8 byte order, i.e. strcmp.
+    """
+    return sorted(pairs, key=lambda p: (p[1], p[0]), reverse=True)
+
+
+def read_run(path: PathLike) -> Run:
+    """Read a TREC run `qid Q0 docid rank score tag` into per-query lists in trec_eval order.
+
+    The rank column is ignored, exactly as trec_eval ignores it: only score (then docid)
+    decides the order, so a file whose ranks disagree with its scores is evaluated by scores.
+    """
+    run: dict[str, dict[str, tuple[float, int]]] = {}  # qid -> docid -> (score, line)
+    for lineno, line in _lines(path, comments=True):
+        cols = line.split()
+        if len(cols) != 6:
+            raise DataError(f"{path}:{lineno}: expected 6 columns 'qid Q0 docid rank score tag', "
+                            f"got {len(cols)}: {line[:80]!r}; fix or remove this line")
+        qid, _, docid, _, score_s, _ = cols
+        try:
+            score = float(score_s)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise DataError(f"{path}:{lineno}: score {score_s!r} is not a finite number; "
+                            "column 5 must be the numeric score")
+        docs = run.setdefault(qid, {})
+        if docid in docs:
+            raise DataError(f"{path}:{lineno}: duplicate docid {docid!r} for query {qid!r} "
+                            f"(first at line {docs[docid][1]}); keep one line per (qid, docid)")
+        docs[docid] = (score, lineno)
+    if not run:
+        raise DataError(f"{path}: run is empty (no 'qid Q0 docid rank score tag' lines); "
+                        "check that the reranking step wrote its output")
+    return {qid: trec_order([(d, s) for d, (s, _) in docs.items()]) for qid, docs in run.items()}
+
+
+def write_run(path: PathLike, rankings: Mapping[str, Sequence[str]], tag: str) -> None:
+    """Write ranked docids as a TREC run with ranks 1..n and scores n..1 (unique, decreasing).
+
+    Unique scores mean the same order to trec_eval, every ir_measures provider and ranx. Written
+    to a temp file then `os.replace`d, so readers never see a half-written run.
+    """
+    if not isinstance(tag, str) or tag.split() != [tag]:
+        raise DataError(f"{path}: run tag {tag!r} must be non-empty and contain no whitespace")
+    out: list[str] = []
+    for qid, docids in rankings.items():
+        bad = [t for t in (qid, *docids) if not isinstance(t, str) or t.split() != [t]]
+        if bad:
+            raise DataError(f"{path}: query {qid!r}: id {bad[0]!r} must be a non-empty string "
+                            "without whitespace (TREC files are whitespace-separated)")
+        if len(set(docids)) != len(docids):
+            raise DataError(f"{path}: ranking for query {qid!r} repeats a docid; "
+                            "a ranking must list each document once")
+        out.extend(f"{qid} Q0 {d} {r} {float(len(docids) - r + 1):.1f} {tag}\n"
+                   for r, d in enumerate(docids, start=1))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the run unreadable to teammates
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(out)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_qrels(path: PathLike) -> Qrels:
+    """Read TREC qrels `qid iter docid rel` (iter ignored; rel an integer, as in trec_eval)."""
+    qrels: Qrels = {}
+    for lineno, line in _lines(path, comments=True):
+        cols = line.split()
+        if len(cols) != 4:
+            raise DataError(f"{path}:{lineno}: expected 4 columns 'qid iter docid rel', "
+                            f"got {len(cols)}: {line[:80]!r}")
+        qid, _, docid, rel_s = cols
+        try:
+            rel = int(rel_s)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: relevance {rel_s!r} is not an integer; "
+                            "qrels grades must be integers (e.g. 0-3)") from None
+        docs = qrels.setdefault(qid, {})
+        if docid in docs:
+            raise DataError(f"{path}:{lineno}: duplicate judgement for query {qid!r} doc "
+                            f"{docid!r}; keep one line per (qid, docid)")
+        docs[docid] = rel
+    if not qrels:
+        raise DataError(f"{path}: qrels file is empty; expected 'qid iter docid rel' lines")
+    return qrels
+
+
+def _is_json(path: PathLike) -> bool:
+    """JSON by suffix (.json/.jsonl, optionally .gz), else by a first line starting with '{'."""
+    suffix = Path(str(path).removesuffix(".gz")).suffix
+    if suffix in (".json", ".jsonl", ".tsv"):
+        return suffix != ".tsv"
+    return next((line for _, line in _lines(path)), "").lstrip().startswith("{")
+
+
+def _unique_pairs(path: PathLike, pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object_pairs_hook: plain json.load would silently keep the last duplicate qid."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise DataError(f"{path}: duplicate key {dup!r} in JSON object; keep one entry per qid")
+    return dict(pairs)
+
+
+def read_topics(path: PathLike) -> dict[str, str]:
+    """Read query texts: a JSON object {qid: text | {"title"|"text"|"query": text}} or `qid\\ttext`.
+
+    The shared DL19/DL20 files are `{qid: {"title": text}}`; MS MARCO `queries.tsv` is TSV.
+    """
+    topics: dict[str, str] = {}
+    if _is_json(path):
+        with _open(path) as f:
+            try:
+                obj = json.load(f, object_pairs_hook=lambda p: _unique_pairs(path, p))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); expected "
+                                '{"qid": "text", ...}') from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: expected a JSON object {{qid: text}}, "
+                            f"got {type(obj).__name__}")
+        for qid, val in obj.items():
+            if isinstance(val, dict):
+                val = next((val[k] for k in ("title", "text", "query") if k in val), None)
+            if not isinstance(val, str) or not val.strip():
+                raise DataError(f"{path}: query {qid!r} has no text; give a non-empty string "
+                                'or {"title": "..."}')
+            topics[qid] = val.strip()
+    else:
+        for lineno, line in _lines(path):
+            qid, sep, text = line.partition("\t")
+            if not sep or not qid.strip():
+                raise DataError(f"{path}:{lineno}: expected 'qid<TAB>text': {line[:80]!r}")
+            if not text.strip():
+                raise DataError(f"{path}:{lineno}: query {qid!r} has empty text; remove or fill it")
+            if qid in topics:
+                raise DataError(f"{path}:{lineno}: duplicate query id {qid!r}; "
+                                "keep one line per qid")
+            topics[qid] = text.strip()
+    if not topics:
+        raise DataError(f"{path}: no topics found; expected JSON {{qid: text}} or 'qid<TAB>text'")
+    return topics
+
+
+def _with_last(items: Iterator[tuple[int, str]]) -> Iterator[tuple[bool, int, str]]:
+    """One-item lookahead so a bad *last* JSONL line can be reported as a truncated write."""
+    prev = next(items, None)
+    for item in items:
+        yield (False, *prev)  # type: ignore[misc]
+        prev = item
+    if prev is not None:
+        yield (True, *prev)
+
+
+def _parse_jsonl_doc(path: PathLike, lineno: int, line: str, last: bool) -> tuple[str, dict]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        hint = " (truncated last line? the file was probably not fully written)" if last else ""
+        raise DataError(f"{path}:{lineno}: invalid JSON{hint}: {e.msg}; "
+                        "each line must be one JSON object") from None
+    if isinstance(obj, dict):
+        doc_id = next((obj[k] for k in ("docid", "_id", "id") if k in obj), None)
+        text = next((obj[k] for k in ("text", "contents") if k in obj), None)
+        if doc_id is not None and isinstance(text, str):
+            return str(doc_id), {"text": text, "title": obj.get("title") or None}
+    raise DataError(f"{path}:{lineno}: need an id ('docid', '_id' or 'id') and a string "
+                    "'text' or 'contents'")
+
+
+def read_corpus(path: PathLike) -> dict[str, dict]:
+    """Read passages {docid: {"text": str, "title": str | None}} from TSV or JSONL (.gz ok).
+
+    Lines are parsed one at a time (no whole-file buffering) so MS MARCO-sized files fit.
+    """
+    as_json = _is_json(path)
+    corpus: dict[str, dict] = {}
+    for last, lineno, line in _with_last(_lines(path)):
+        cols = [] if as_json else line.split("\t")  # TSV: docid [title] text
+        if as_json:
+            doc_id, doc = _parse_jsonl_doc(path, lineno, line, last)
+        elif len(cols) in (2, 3) and cols[0].strip():
+            title = cols[1] if len(cols) == 3 else ""
+            doc_id, doc = cols[0].strip(), {"text": cols[-1], "title": title or None}
+        else:
+            raise DataError(f"{path}:{lineno}: expected 'docid<TAB>text' or "
+                            f"'docid<TAB>title<TAB>text', got {len(cols)} field(s)")
+        if doc_id in corpus:
+            raise DataError(f"{path}:{lineno}: duplicate docid {doc_id!r}; keep one row per docid")
+        corpus[doc_id] = doc
+    if not corpus:
+        raise DataError(f"{path}: corpus is empty; expected TSV or JSONL passages")
+    return corpus

@@ -1,0 +1,158 @@
+"""Load the tokenizer and model a recipe asks for: dtype, attention, special identifiers, LoRA/QLoRA.
+
+GPU paths (bf16, flash-attention-2, bitsandbytes 4-bit) are selected by the recipe and fall back
+with a clear message on CPU instead of crashing deep inside transformers.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrt.config import Recipe, resolve_path
+from lrt.data.prompts import special_tokens
+from lrt.errors import LrtError
+
+log = logging.getLogger("lrt")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(r: Recipe, n_identifiers: int | None = None) -> Any:
+    """Tokenizer with a pad token (eos when missing: attention masks make the value irrelevant)
+    and, for the `special` scheme, the identifier tokens <id_1>..<id_N> added as special tokens."""
+    from transformers import AutoTokenizer
+
+    src = resolve_path(r.model.tokenizer or r.model.name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=r.model.trust_remote_code)
+    except OSError as e:
+        raise LrtError(f"model.tokenizer: cannot load a tokenizer from {src!r} ({e})") from None
+    if not getattr(tok, "is_fast", False):
+        raise LrtError(f"{src}: lrt needs a fast tokenizer (character offsets locate answer positions)")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if r.identifier_scheme() == "special":
+        n = n_identifiers or r.data.window
+        if not n:
+            raise LrtError("prompt.identifiers=special needs data.window (how many <id_k> tokens to add)")
+        missing = [t for t in special_tokens(n) if t not in tok.get_vocab()]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tok
+
+
+def _check_device_features(r: Recipe) -> str:
+    attn = r.model.attn_implementation
+    if attn == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+
+            if not torch.cuda.is_available():
+                raise ImportError
+        except ImportError:
+            log.warning("flash_attention_2 needs CUDA and the flash-attn package: falling back to sdpa")
+            attn = "sdpa"
+    return attn
+
+
+def quantization_config(r: Recipe) -> Any:
+    q = r.model.quantization
+    if q is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q.bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
+    """The causal LM, resized for added identifier tokens, with LoRA/QLoRA and NEFTune applied."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    src = resolve_path(r.model.name_or_path)
+    dtype = DTYPES[r.model.dtype]
+    attn = _check_device_features(r)
+    try:
+        if r.model.init == "from_config":
+            cfg = AutoConfig.from_pretrained(src, trust_remote_code=r.model.trust_remote_code)
+            for k, v in r.model.config_overrides.items():
+                setattr(cfg, k, v)
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, attn_implementation=attn, trust_remote_code=r.model.trust_remote_code,
+                quantization_config=quantization_config(r),
+            )
+    except OSError as e:
+        raise LrtError(f"model.name_or_path: cannot load {src!r} ({e})") from None
+    init_special_identifiers(model, tokenizer)
+    if r.model.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if r.model.lora is not None:
+        model = apply_lora(model, r)
+    if r.model.neftune_alpha:
+        add_neftune(model, r.model.neftune_alpha)
+    return model
+
+
+def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
+    """Resize for added <id_k> tokens; initialise each new row from the embedding of the numeral k
+    (input and, if untied, output embeddings), so training starts from a meaningful point."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= vocab:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    with torch.no_grad():
+        for tok_str, tid in tokenizer.get_vocab().items():
+            if tid < vocab or not tok_str.startswith("<id_"):
+                continue
+            numeral = tok_str[4:-1]
+            src_ids = tokenizer(numeral, add_special_tokens=False)["input_ids"]
+            emb[tid] = emb[src_ids].mean(0)
+            if out is not None and out.weight is not emb:
+                out.weight[tid] = out.weight[src_ids].mean(0)
+
+
+def apply_lora(model: nn.Module, r: Recipe) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    lc = r.model.lora
+    assert lc is not None
+    if r.model.quantization is not None:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=r.model.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif r.model.gradient_checkpointing:
+        model.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into the inputs
+    cfg = LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+        modules_to_save=lc.modules_to_save or None, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def add_neftune(model: nn.Module, alpha: float) -> None:
+    """NEFTune (both anchors use alpha=5): uniform noise of scale alpha/sqrt(L*d) on the input
+    embeddings, in training mode only."""
+    emb = model.get_input_embeddings()
+
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return output
+        dims = output.shape[1] * output.shape[2]
+        mag = alpha / dims**0.5
+        return output + torch.zeros_like(output).uniform_(-mag, mag)
+
+    emb.register_forward_hook(hook)

@@ -1,0 +1,75 @@
+"""Scores and target log-likelihoods from hidden states: never a `[batch, seq, vocab]` tensor.
+
+Ranking scores are `h[answer] @ W_lm[identifier_ids].T` (the identifier rows of the LM head only);
+the LM loss touches target positions only, chunked over the vocabulary projection. This is what
+lets a 7B reranker train at 4k tokens with a 150k vocabulary without the logits OOM.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying `*ForCausalLM` (through DDP/DeepSpeed `.module` and PEFT wrappers)."""
+    while hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(decoder that returns final-normed hidden states, LM head)."""
+    base = unwrap(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else getattr(base, "model")
+    head = base.get_output_embeddings()
+    if decoder is None or head is None:
+        raise TypeError(f"{type(base).__name__} exposes no decoder/LM head: lrt needs a causal LM")
+    return decoder, head
+
+
+def hidden_states(decoder: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Final-normed hidden states [B, T, H]; explicit position ids make left == right padding."""
+    out = decoder(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+    )
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def head_weight(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return head.weight, getattr(head, "bias", None)
+
+
+def identifier_scores(
+    hidden: torch.Tensor, answer_pos: torch.Tensor, cand_ids: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fp32 scores [B, N] = h[b, answer_pos[b]] . W[cand_ids[b, n]] (+ bias): k rows, not V."""
+    B = hidden.shape[0]
+    h = hidden[torch.arange(B, device=hidden.device), answer_pos].float()  # [B, H]
+    rows = weight[cand_ids].float()  # [B, N, H]
+    scores = torch.einsum("bh,bnh->bn", h, rows)
+    if bias is not None:
+        scores = scores + bias[cand_ids].float()
+    return scores
+
+
+def gather_target_hidden(hidden: torch.Tensor, flat_pos: torch.Tensor) -> torch.Tensor:
+    """Hidden states [M, H] at the positions whose next token is a target token."""
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_pos)
+
+
+def target_nll(
+    hidden: torch.Tensor, batch: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int
+) -> torch.Tensor:
+    """Per-target-token NLL [M] in fp32, via the chunked vocabulary projection."""
+    from lrt.losses.lm import chunked_lm_nll
+
+    h = gather_target_hidden(hidden, batch["lm_flat_pos"])
+    return chunked_lm_nll(h, weight, batch["lm_targets"], chunk_size=chunk_size, bias=bias)

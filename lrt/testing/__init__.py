@@ -1,0 +1,1 @@
+"""Tiny offline models and tokenizers for tests, smoke runs and benchmarks (no hub access)."""

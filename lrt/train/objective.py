@@ -1,0 +1,106 @@
+"""The objective as recipe data: a weighted sum of `lm` and ranking-loss terms.
+
+Every term returns a (numerator, denominator) pair for one micro-batch. The trainer sums the
+denominators over all micro-batches of an optimizer step and over all data-parallel ranks *before*
+the backward passes, so the loss is the exact global mean whatever the gradient accumulation or
+world size (a 2-process run reproduces a 1-process run with the same global batch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from lrt.config import LossTerm, Recipe
+from lrt.scoring import identifier_scores, target_nll
+
+
+@dataclass
+class Term:
+    name: str
+    weight: float
+    kind: str  # "lm" | "rank"
+    fn: Callable[..., torch.Tensor] | None = None
+    params: dict[str, Any] | None = None
+
+
+class Objective:
+    """Builds the terms once; `denominators(batch)` and `numerators(...)` per micro-batch."""
+
+    def __init__(self, terms: list[LossTerm]) -> None:
+        from lrt.losses.registry import get_ranking_loss
+
+        self.terms: list[Term] = []
+        for t in terms:
+            if t.name == "lm":
+                self.terms.append(Term("lm", t.weight, "lm", params=dict(t.params)))
+            else:
+                self.terms.append(Term(t.name, t.weight, "rank", get_ranking_loss(t.name, **t.params)))
+        lm = self.lm_params
+        self.chunk_size = int(lm.get("chunk_size", 1024)) if lm is not None else 1024
+
+    @classmethod
+    def from_recipe(cls, r: Recipe) -> "Objective":
+        return cls(r.loss)
+
+    @property
+    def lm_params(self) -> dict[str, Any] | None:
+        return next((t.params for t in self.terms if t.kind == "lm"), None)
+
+    @property
+    def needs_scores(self) -> bool:
+        return any(t.kind == "rank" for t in self.terms)
+
+    @property
+    def needs_target(self) -> bool:
+        return self.lm_params is not None
+
+    def token_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Importance-aware weights (fullrank) per target token, or None for plain token-mean NLL."""
+        p = self.lm_params or {}
+        if not p.get("importance", False):
+            return None
+        from lrt.losses.lm import importance_weights
+
+        return importance_weights(batch["lm_token_ranks"], alpha=float(p.get("alpha", 1.0)))
+
+    def denominators(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """This micro-batch's share of each term's global denominator (summed by the trainer)."""
+        out: dict[str, float] = {}
+        for t in self.terms:
+            if t.kind == "lm":
+                w = self.token_weights(batch)
+                by_weights = (t.params or {}).get("normalize", "tokens") == "weights" and w is not None
+                out["lm"] = float(w.sum()) if by_weights else float(batch["lm_targets"].numel())
+            else:
+                out[t.name] = float(batch["ranks"].shape[0])
+        return out
+
+    def numerators(
+        self, hidden: torch.Tensor, batch: dict[str, torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Sum-reduced value of every term on this micro-batch (fp32), and the [B, N] scores."""
+        out: dict[str, torch.Tensor] = {}
+        scores = None
+        if self.needs_scores:
+            scores = identifier_scores(hidden, batch["answer_pos"], batch["cand_ids"], weight, bias)
+        for t in self.terms:
+            if t.kind == "lm":
+                nll = target_nll(hidden, batch, weight, bias, self.chunk_size)
+                w = self.token_weights(batch)
+                out["lm"] = (nll * w).sum() if w is not None else nll.sum()
+            else:
+                assert t.fn is not None and scores is not None
+                out[t.name] = t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")
+        return out, scores
+
+    def combine(
+        self, nums: dict[str, torch.Tensor], dens: dict[str, float], scale: float = 1.0
+    ) -> torch.Tensor:
+        """Σ_t w_t · num_t / den_t · scale, where `dens` are the *global* step denominators."""
+        total = torch.zeros((), dtype=torch.float32, device=next(iter(nums.values())).device)
+        for t in self.terms:
+            key = "lm" if t.kind == "lm" else t.name
+            total = total + t.weight * nums[key] / max(dens[key], 1e-12)
+        return total * scale

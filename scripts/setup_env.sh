@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtualenv and install lrt with CPU torch first.
+# Usage: bash scripts/setup_env.sh [extras]   e.g. "test"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${LRT_VENV:-.venv}
+EXTRAS=${1:-}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+stamp="$VENV/.lrt-installed-$(cat pyproject.toml constraints-cpu.txt | sha1sum | cut -c1-12)-${EXTRAS:-base}"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+"$PY" -m pip install -q --upgrade pip
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  # CPU torch first: an unpinned resolve would pull a multi-GB CUDA build.
+  "$PY" -m pip install -q -c constraints-cpu.txt "torch==2.13.0" || "$PY" -m pip install -q torch
+fi
+spec="."
+[ -n "$EXTRAS" ] && spec=".[$EXTRAS]"
+# Keep whatever torch is installed (CPU here, your CUDA build on a GPU box).
+TORCH_VER=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+echo "torch==$TORCH_VER" > "$VENV/.torch-pin.txt"
+"$PY" -m pip install -q -c "$VENV/.torch-pin.txt" -e "$spec"
+touch "$stamp"

@@ -1,0 +1,103 @@
+"""Scores from hidden states x identifier rows equal the full-logits reference; target-only NLL
+equals Hugging Face cross-entropy; left == right padding; the FIRST RankNet term equals a loop."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lrt.config import LossTerm
+from lrt.data.collate import ListwiseCollator, encode_example, identifier_token_ids
+from lrt.data.prompts import PromptTemplate
+from lrt.scoring import decoder_and_head, hidden_states, identifier_scores, target_nll
+from lrt.testing.tiny import random_examples, tiny_llama
+from lrt.train.objective import Objective
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizers):
+    tok = tokenizers["chatml"]
+    tpl = PromptTemplate.preset("compact")
+    model = tiny_llama(len(tok), hidden=32, layers=2, heads=2, seed=3).eval()
+    ids = identifier_token_ids(tok, tpl, 6)
+    exs = random_examples(3, 6, seed=5)
+    exs[1].candidates = exs[1].candidates[:4]
+    exs[1].ranking = [d for d in exs[1].ranking if d in {c.docid for c in exs[1].candidates}]
+    exs[1].relevance = exs[1].relevance[:4]
+    encs = [encode_example(tok, tpl, e, max_length=2048, id_token_ids=ids) for e in exs]
+    return tok, model, encs, exs
+
+
+def _batch(tok, encs, side):
+    return ListwiseCollator(tok.pad_token_id, side)(encs)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_scores_equal_full_logits(setup, side):
+    tok, model, encs, _ = setup
+    batch = _batch(tok, encs, side)
+    dec, head = decoder_and_head(model)
+    with torch.no_grad():
+        h = hidden_states(dec, batch)
+        s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight)
+        for b, enc in enumerate(encs):  # reference: plain HF forward of this example alone, full logits
+            ids = torch.tensor([enc.input_ids])
+            logits = model(input_ids=ids).logits[0, enc.answer_index - 1]
+            n = len(enc.ranks)
+            ref = logits[torch.tensor(enc.cand_token_ids)]
+            torch.testing.assert_close(s[b, :n], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_left_equals_right_padding(setup):
+    tok, model, encs, _ = setup
+    dec, head = decoder_and_head(model)
+    with torch.no_grad():
+        out = []
+        for side in ("left", "right"):
+            batch = _batch(tok, encs, side)
+            h = hidden_states(dec, batch)
+            out.append(identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight))
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+
+
+def test_target_nll_equals_hf_cross_entropy(setup):
+    tok, model, encs, _ = setup
+    batch = _batch(tok, encs, "right")
+    dec, head = decoder_and_head(model)
+    with torch.no_grad():
+        h = hidden_states(dec, batch)
+        nll = target_nll(h, batch, head.weight, None, chunk_size=7)
+        ref = []
+        for enc in encs:
+            ids = torch.tensor([enc.input_ids])
+            logits = model(input_ids=ids).logits[0]
+            ts = enc.target_start
+            ref.append(F.cross_entropy(logits[ts - 1:-1], ids[0, ts:], reduction="none"))
+    torch.testing.assert_close(nll, torch.cat(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_first_ranknet_term_matches_double_loop(setup):
+    tok, model, encs, exs = setup
+    batch = _batch(tok, encs, "right")
+    obj = Objective([LossTerm(name="lm"), LossTerm(name="ranknet", weight=10.0, params={"weighting": "first"})])
+    dec, head = decoder_and_head(model)
+    with torch.no_grad():
+        h = hidden_states(dec, batch)
+        nums, scores = obj.numerators(h, batch, head.weight, None)
+    total = 0.0
+    for b, ex in enumerate(exs):
+        r = ex.ranks()
+        n = len(r)
+        s = scores[b, :n].tolist()
+        acc, pairs = 0.0, 0
+        for i in range(n):
+            for j in range(n):
+                if r[i] < r[j]:
+                    acc += 1.0 / (r[i] + r[j]) * math.log1p(math.exp(-(s[i] - s[j])))
+                    pairs += 1
+        total += acc / pairs
+    assert float(nums["ranknet"]) == pytest.approx(total, rel=1e-5)
+    dens = obj.denominators(batch)
+    assert dens["ranknet"] == 3 and dens["lm"] == batch["lm_targets"].numel()

@@ -1,0 +1,1 @@
+"""Canonical examples, the shared prompt renderer, and the offset-based collator."""

@@ -1,0 +1,1 @@
+"""Training: objective, the DDP/DeepSpeed-wrapped module, loop, checkpoints, metrics."""

@@ -30,10 +30,11 @@ def _validate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lrt validate", description="Validate a recipe without training.")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5")
+    p.add_argument("--no-file-check", action="store_true", help="skip checking that local data files exist")
     a = p.parse_args(argv)
     from lrt.config import load_recipe
 
-    r = load_recipe(a.recipe, a.overrides)
+    r = load_recipe(a.recipe, a.overrides, check_files=not a.no_file_check)
     terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
     print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; identifiers {r.identifier_scheme()})")
     return 0

@@ -49,7 +49,7 @@ def encode_all(
     def fn(row: dict[str, Any]) -> dict[str, Any]:
         from lrt.data.schema import example_from_row
 
-        return encode_example(tokenizer, template, example_from_row(row), **kw).to_row()  # type: ignore[arg-type]
+        return encode_example(tokenizer, template, example_from_row(dict(row)), **kw).to_row()  # type: ignore[arg-type]
 
     rows = [ex.to_row() for ex in examples]
     for row in rows:

@@ -1,0 +1,257 @@
+"""Data-prep jobs as YAML: strict pydantic models, dotted overrides, every problem at once.
+
+Strict (`extra="forbid"`, no type coercion) because a typo in a job that spends API money should
+fail before the first call, not after the last one: unknown keys get a did-you-mean, and all
+problems (YAML, overrides, types, cross-field rules) are reported together in one `ConfigError`.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lrt.data.prompts import ALPHA_MAX, PRESETS, PromptTemplate
+from lrt.errors import ConfigError
+
+PosInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Rows(_Strict):
+    limit: Optional[PosInt] = None  # first N rows of the input, before sharding
+    on_invalid: Literal["error", "skip"] = "error"
+
+
+class ConversationsSource(_Rows):
+    kind: Literal["conversations"]
+    path: str
+
+
+class FullrankSource(_Rows):
+    kind: Literal["fullrank"]
+    path: str
+    corpus: Optional[str] = None
+    queries: Optional[str] = None
+    synthetic_text: bool = False  # demo: invent deterministic texts where no corpus/queries file is given
+
+
+class TrecSource(_Rows):
+    kind: Literal["trec"]
+    run: str
+    topics: Optional[str] = None
+    corpus: Optional[str] = None
+    qrels: Optional[str] = None  # labels without a teacher: grade, ties by first-stage order
+    depth: PosInt = 100
+    synthetic_text: bool = False
+
+
+class CanonicalSource(_Rows):
+    kind: Literal["canonical"]
+    path: str
+
+
+class NoTeacherCfg(_Strict):
+    kind: Literal["none"] = "none"  # keep the imported ranking
+
+
+class ScoresTeacherCfg(_Strict):
+    kind: Literal["scores"]
+    path: str
+    format: Literal["run", "qrels", "fullrank"]
+    delay_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+class OpenAITeacherCfg(_Strict):
+    kind: Literal["openai"]
+    base_url: str
+    model: str
+    api_key_env: Optional[str] = "OPENAI_API_KEY"  # the *name* of the variable; the key never touches disk
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 8
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    max_retries: Annotated[int, Field(ge=0, le=30)] = 6
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(ge=0)] = 60.0
+    max_tokens: Optional[PosInt] = None
+
+
+class HFTeacherCfg(_Strict):
+    kind: Literal["hf"]
+    model: str
+    tokenizer: Optional[str] = None
+    batch_size: PosInt = 8
+    max_new_tokens: Optional[PosInt] = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+
+class LabelsCfg(_Strict):
+    window: Annotated[int, Field(ge=2)] = 20
+    stride: PosInt = 10
+    mode: Literal["single_pass", "freeze_prefix", "full_repass"] = "freeze_prefix"
+    num_passes: Optional[PosInt] = None  # default: enough passes to complete the list
+    max_candidates: Optional[PosInt] = None  # keep only the first N candidates (first-stage order)
+
+
+class PromptCfg(_Strict):
+    preset: str = "rankgpt_numeric"
+    identifiers: Optional[Literal["alpha", "numeric", "special"]] = None
+    system: Optional[str] = None
+    prefix: Optional[str] = None
+    suffix: Optional[str] = None
+    max_passage_words: Optional[PosInt] = 300  # openai teacher (RankGPT truncates by words)
+    max_passage_tokens: Optional[PosInt] = None  # hf teacher, or openai with `tokenizer`
+    tokenizer: Optional[str] = None  # openai: truncate passages by this tokenizer's tokens
+    chat_template: Literal["auto", "none"] = "auto"
+    system_in_user: bool = False
+
+    def template(self) -> PromptTemplate:
+        return PromptTemplate.preset(self.preset, identifiers=self.identifiers, system=self.system, prefix=self.prefix,
+                                     suffix=self.suffix, max_passage_tokens=self.max_passage_tokens,
+                                     chat_template=self.chat_template, system_in_user=self.system_in_user or None)
+
+
+class OutputCfg(_Strict):
+    dir: str
+    call_log: bool = True
+
+
+class CacheCfg(_Strict):
+    enabled: bool = True
+    path: Optional[str] = None  # default: <output.dir>/cache/part-I-of-K.sqlite (one file per shard)
+    journal: Literal["wal", "delete"] = "wal"
+
+
+SourceCfg = Annotated[Union[ConversationsSource, FullrankSource, TrecSource, CanonicalSource],
+                      Field(discriminator="kind")]
+TeacherCfg = Annotated[Union[NoTeacherCfg, ScoresTeacherCfg, OpenAITeacherCfg, HFTeacherCfg],
+                       Field(discriminator="kind")]
+_TAGGED = {"source": {m.model_fields["kind"].annotation.__args__[0]: m for m in
+                      (ConversationsSource, FullrankSource, TrecSource, CanonicalSource)},
+           "teacher": {m.model_fields["kind"].annotation.__args__[0]: m for m in
+                       (NoTeacherCfg, ScoresTeacherCfg, OpenAITeacherCfg, HFTeacherCfg)}}
+# knobs that change speed, not answers: excluded from the job fingerprint so a resumed job may tune them
+OPERATIONAL = {"concurrency", "timeout_s", "max_retries", "backoff_s", "backoff_max_s", "batch_size", "device",
+               "delay_s", "on_invalid"}
+
+
+class JobCfg(_Strict):
+    name: str
+    description: Optional[str] = None
+    source: SourceCfg
+    teacher: TeacherCfg = NoTeacherCfg()
+    labels: LabelsCfg = LabelsCfg()
+    prompt: PromptCfg = PromptCfg()
+    output: OutputCfg
+    cache: CacheCfg = CacheCfg()
+
+
+def _model_at(loc: tuple) -> tuple[type[BaseModel] | None, list[str]]:
+    """The model class at a pydantic error location, and the location without union tags."""
+    model: Any = JobCfg
+    path: list[str] = []
+    parts = list(loc)
+    while parts:
+        key = parts.pop(0)
+        path.append(str(key))
+        if model is None or key not in getattr(model, "model_fields", {}):
+            return None, path + [str(p) for p in parts]
+        if key in _TAGGED and model is JobCfg:
+            model = _TAGGED[key].get(parts.pop(0)) if parts else None
+        else:
+            ann = model.model_fields[key].annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return model, path
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" (did you mean `{close[0]}`?)" if close else f"; allowed: {', '.join(sorted(options))}"
+
+
+def _format(err: dict) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, path = _model_at(loc[:-1])
+        opts = [f for f in parent.model_fields if f != "kind"] if parent else []
+        return f"{'.'.join(path + [str(loc[-1])])}: unknown key{_did_you_mean(str(loc[-1]), opts)}"
+    _, path = _model_at(loc)
+    where = ".".join(path) or "(top level)"
+    if kind == "union_tag_invalid":
+        tags = list(_TAGGED.get(loc[0], {}))
+        return f"{where}.kind: unknown kind {err['ctx']['tag']!r}{_did_you_mean(str(err['ctx']['tag']), tags)}"
+    if kind == "union_tag_not_found":
+        return f"{where}.kind: missing; choose one of {', '.join(_TAGGED.get(loc[0], {}))}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    return f"{where}: {err['msg']} (got {err.get('input')!r})"
+
+
+def cross_checks(cfg: JobCfg) -> list[str]:
+    """Rules that span sections (each reported with the dotted key to change)."""
+    out = []
+    lab, t = cfg.labels, cfg.teacher
+    if lab.stride >= lab.window:
+        out.append(f"labels.stride: must be smaller than labels.window ({lab.stride} >= {lab.window}); windows must "
+                   "overlap or a good passage cannot travel to the top")
+    if lab.mode == "single_pass" and lab.num_passes not in (None, 1):
+        out.append("labels.num_passes: single_pass means 1 pass; use freeze_prefix or full_repass for more")
+    if cfg.prompt.preset not in PRESETS:
+        out.append(f"prompt.preset: unknown preset {cfg.prompt.preset!r}{_did_you_mean(cfg.prompt.preset, list(PRESETS))}")
+    elif cfg.prompt.template().identifiers == "alpha" and lab.window > ALPHA_MAX:
+        out.append(f"labels.window: {lab.window} > {ALPHA_MAX} alphabetic identifiers; set prompt.identifiers=numeric")
+    if isinstance(cfg.source, TrecSource) and cfg.source.qrels is None and t.kind == "none":
+        out.append("teacher.kind: a TREC run without source.qrels has no labels; add qrels or a teacher")
+    if isinstance(t, OpenAITeacherCfg) and cfg.prompt.max_passage_tokens and not cfg.prompt.tokenizer:
+        out.append("prompt.tokenizer: needed to truncate by prompt.max_passage_tokens with the openai teacher "
+                   "(or use prompt.max_passage_words)")
+    return out
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """`teacher.model=gpt-4o` -> data["teacher"]["model"] = "gpt-4o" (creating sections)."""
+    keys = dotted.split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ValueError(f"{'.'.join(keys[:i + 1])} is not a section (it holds {nxt!r})")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobCfg:
+    """Read, override and validate a job; raise one `ConfigError` listing every problem."""
+    problems: list[str] = []
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"job file not found: {path}"], source=str(path)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"invalid YAML: {e}"], source=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(["the job must be a YAML mapping (name, source, teacher, labels, prompt, output)"], str(path))
+    for ov in overrides:
+        key, sep, raw = ov.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {ov!r}: expected dotted.key=value")
+            continue
+        try:
+            set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        except (ValueError, yaml.YAMLError) as e:
+            problems.append(f"override {ov!r}: {e}")
+    try:
+        cfg = JobCfg.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(problems + [_format(err) for err in e.errors()], source=str(path)) from None
+    problems += cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return cfg

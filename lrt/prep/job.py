@@ -1,0 +1,221 @@
+"""`lrt prep`: run a data-prep job (one shard of it), or merge finished shards.
+
+    lrt prep JOB.yaml [key=value ...] [--num-shards K --shard-id I] [--force] [--check]
+    lrt prep merge OUT_DIR
+
+A shard imports its rows (round-robin by input position), labels them with the teacher through the
+call cache, then writes rows, call log and, last, its card. Re-running a killed shard resumes from
+the cache; re-running a finished shard is a no-op. With one shard the merge happens automatically.
+Tokenising the result for training (`datasets.map(num_proc=...)`) belongs to the training data
+loader and is not done here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from lrt import __version__
+from lrt.data.schema import ListwiseExample
+from lrt.errors import DataError, LrtError
+from lrt.prep import output
+from lrt.prep.config import (OPERATIONAL, CanonicalSource, ConversationsSource, FullrankSource, JobCfg, TrecSource,
+                             load_job)
+from lrt.prep.importers import Imported
+from lrt.prep.teachers import Teacher, stable_hash
+from lrt.prep.windows import build_labels, passes_needed
+
+log = logging.getLogger("lrt.prep")
+__all__ = ["JobCfg", "load_job", "run_shard", "make_teacher", "import_source", "main", "merge"]
+merge = output.merge
+
+
+def fingerprint(cfg: JobCfg) -> str:
+    """Hash of what decides the output (not where it goes, not speed knobs such as concurrency)."""
+    def strip(d: Any) -> Any:
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k not in OPERATIONAL}
+        return d
+    return stable_hash(strip(cfg.model_dump(exclude={"name", "description", "output", "cache"})))[:16]
+
+
+def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0) -> Imported:
+    s = cfg.source
+    kw = dict(on_invalid=s.on_invalid, limit=s.limit, num_shards=num_shards, shard_id=shard_id)
+    if isinstance(s, FullrankSource):
+        from lrt.prep.importers import import_fullrank
+        return import_fullrank(s.path, corpus=s.corpus, queries=s.queries, synthetic=s.synthetic_text, **kw)
+    if isinstance(s, TrecSource):
+        from lrt.prep.importers import import_trec
+        return import_trec(s.run, topics=s.topics, corpus=s.corpus, qrels=s.qrels, depth=s.depth,
+                           synthetic=s.synthetic_text, **kw)
+    if isinstance(s, ConversationsSource):
+        from lrt.prep.conversations import import_conversations
+        return import_conversations(s.path, **kw)
+    assert isinstance(s, CanonicalSource)
+    from lrt.prep.importers import import_canonical
+    return import_canonical(s.path, **kw)
+
+
+def make_teacher(cfg: JobCfg) -> Teacher | None:
+    """The configured teacher (None for `kind: none`); heavy imports only for the kind in use."""
+    t, p = cfg.teacher, cfg.prompt
+    template = p.template()
+    if t.kind == "none":
+        return None
+    if t.kind == "scores":
+        from lrt.prep.teachers import ScoresTeacher, load_scores
+        return ScoresTeacher(load_scores(t.path, t.format), source=t.path, scheme=template.identifiers,
+                             delay_s=t.delay_s, missing_score=0.0 if t.format == "qrels" else None)
+    if t.kind == "openai":
+        from lrt.prep.openai_teacher import OpenAITeacher
+        truncate = None
+        if p.tokenizer:
+            from transformers import AutoTokenizer
+
+            from lrt.data.prompts import truncate_tokens
+            tok = AutoTokenizer.from_pretrained(p.tokenizer)
+            budget = p.max_passage_tokens or template.max_passage_tokens
+            truncate = lambda text: truncate_tokens(tok, text, budget)  # noqa: E731
+        return OpenAITeacher(base_url=t.base_url, model=t.model, template=template, api_key_env=t.api_key_env,
+                             concurrency=t.concurrency, timeout_s=t.timeout_s, max_retries=t.max_retries,
+                             backoff_s=t.backoff_s, backoff_max_s=t.backoff_max_s, max_tokens=t.max_tokens,
+                             max_passage_words=None if p.tokenizer else p.max_passage_words, truncate=truncate)
+    from lrt.prep.hf_teacher import HFTeacher
+    return HFTeacher(model=t.model, template=template, tokenizer=t.tokenizer, batch_size=t.batch_size,
+                     max_new_tokens=t.max_new_tokens, dtype=t.dtype, device=t.device,
+                     max_passage_tokens=p.max_passage_tokens, trust_remote_code=t.trust_remote_code)
+
+
+def _cut(ex: ListwiseExample, n: int | None) -> ListwiseExample:
+    """Keep the first `n` candidates (first-stage order); the ranking keeps its relative order."""
+    if n is None or len(ex.candidates) <= n:
+        return ex
+    keep = {c.docid for c in ex.candidates[:n]}
+    return replace(ex, candidates=ex.candidates[:n], ranking=[d for d in ex.ranking if d in keep],
+                   relevance=ex.relevance[:n] if ex.relevance is not None else None)
+
+
+def run_shard(cfg: JobCfg, *, num_shards: int = 1, shard_id: int = 0, force: bool = False) -> dict:
+    """Run one shard end to end and return its card (also written to `cards/`)."""
+    if not 0 <= shard_id < num_shards:
+        raise LrtError(f"--shard-id {shard_id} must be in [0, {num_shards})")
+    t0 = time.time()
+    out, name, fp = Path(cfg.output.dir), output.part_name(shard_id, num_shards), fingerprint(cfg)
+    card_path = out / "cards" / f"{name}.json"
+    old = output.read_card(card_path)
+    if old is not None and not force:  # a finished shard with failed queries is re-run to retry them
+        if old.get("fingerprint") != fp:
+            raise LrtError(f"{card_path}: this shard was finished by a different job config; use a new "
+                           "output.dir, or --force to redo it (cached answers are reused where still valid)")
+        if not old.get("failed_queries"):
+            log.info("%s already finished (%s); nothing to do", name, card_path)
+            if num_shards == 1 and not (out / "card.json").exists():
+                output.merge(out)
+            return old
+    card_path.unlink(missing_ok=True)  # a forced redo must not look finished while it runs
+    output.clean_stale_temps(out)
+    teacher = make_teacher(cfg)  # first: a missing API key or model fails before a big corpus is read
+    imp = import_source(cfg, num_shards, shard_id)
+    examples = [_cut(e, cfg.labels.max_candidates) for e in imp.examples]
+    dups = sorted(q for q, n in Counter(e.qid for e in examples).items() if n > 1)
+    if dups:
+        raise DataError(f"source ({cfg.source.kind}): duplicate qid(s) {dups[:5]}; every query must appear "
+                        "once (deduplicate the input)")
+    log.info("%s: %d queries imported (%s)", name, len(examples), imp.report.summary())
+    counts: Counter = Counter(imp.counts)
+    failed: dict[str, str] = {}
+    calls: list = []
+    if teacher is not None:
+        cache = None
+        if cfg.cache.enabled:
+            from lrt.prep.cache import CachedTeacher, CallCache
+            cache = CallCache(cfg.cache.path or out / "cache" / f"{name}.sqlite", cfg.cache.journal)
+            teacher = CachedTeacher(teacher, cache)
+        lab = cfg.labels
+        try:
+            res = build_labels(examples, teacher, window=lab.window, stride=lab.stride, mode=lab.mode,
+                               num_passes=lab.num_passes, record_calls=cfg.output.call_log)
+        finally:
+            if cache is not None:
+                cache.close()
+        counts.update(res.counts)
+        counts.update({k: v for k, v in teacher.stats().items() if k != "cache_hits"})
+        failed, calls = res.failed, res.calls
+        examples = [replace(e, ranking=res.rankings[e.qid]) for e in examples if e.qid in res.rankings]
+    counts.update(input_rows=imp.report.total, skipped_rows=imp.report.skipped, rows_written=len(examples))
+    output.write_examples(out / "shards" / f"{name}.parquet", examples)
+    if cfg.output.call_log:
+        output.write_calls(out / "calls" / f"{name}.parquet", calls)
+    sizes = [len(e.candidates) for e in examples]
+    card = {
+        "job": cfg.name, "description": cfg.description, "lrt_version": __version__, "fingerprint": fp,
+        "shard": {"num_shards": num_shards, "shard_id": shard_id},
+        "provenance": {
+            "source": cfg.source.model_dump(), "teacher": teacher.describe() if teacher else {"kind": "none"},
+            "prompt": {**cfg.prompt.template().to_dict(), "max_passage_words": cfg.prompt.max_passage_words},
+            "labels": {**cfg.labels.model_dump(),
+                       "passes_for_max_list": passes_needed(max(sizes, default=0), cfg.labels.window, cfg.labels.stride)},
+        },
+        "counts": dict(sorted(counts.items())),
+        "skipped": {"reasons": dict(imp.report.reasons), "examples": imp.report.examples},
+        "failed_queries": sorted(failed), "failed_examples": dict(list(failed.items())[:10]),
+        "files": {"rows": f"shards/{name}.parquet", "calls": f"calls/{name}.parquet" if cfg.output.call_log else None},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
+    }
+    output.write_json(card_path, card)  # last: the shard is done
+    if num_shards == 1:
+        output.merge(out)
+    return card
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lrt prep", description="Run a data-prep job, or `lrt prep merge OUT_DIR`.")
+    ap.add_argument("job", help="job YAML (see data_prep/)")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher.model=gpt-4o labels.mode=full_repass")
+    ap.add_argument("--num-shards", type=int, default=1)
+    ap.add_argument("--shard-id", type=int, default=0)
+    ap.add_argument("--force", action="store_true", help="redo a finished shard")
+    ap.add_argument("--check", action="store_true", help="validate the job and print it; run nothing")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 job/data error (one clear message), 3 some queries failed (re-run to retry)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if argv[:1] == ["merge"]:
+            if len(argv) != 2:
+                raise LrtError("usage: lrt prep merge OUT_DIR")
+            print(output.merge(argv[1]))
+            return 0
+        args = _parser().parse_intermixed_args(argv)
+        cfg = load_job(args.job, args.overrides)
+        if args.check:
+            print(cfg.model_dump_json(indent=2))
+            return 0
+        card = run_shard(cfg, num_shards=args.num_shards, shard_id=args.shard_id, force=args.force)
+    except LrtError as e:
+        print(f"lrt prep: error: {e}", file=sys.stderr)
+        return 2
+    c = card["counts"]
+    print(f"{card['job']} shard {args.shard_id}/{args.num_shards}: {c.get('rows_written', 0)} rows, "
+          f"{c.get('calls', 0)} window calls ({c.get('cache_hits', 0)} cached), "
+          f"{c.get('invalid_responses', 0)} repaired, {c.get('skipped_rows', 0)} skipped -> {cfg.output.dir}")
+    if card["failed_queries"]:
+        print(f"lrt prep: {len(card['failed_queries'])} queries failed after retries "
+              f"(e.g. {card['failed_examples']}); re-run the same command to retry only their missing windows",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,7 +64,8 @@ class RerankerMeta:
         """Read `lrt_reranker.json`; unknown keys (a newer exporter) are ignored with a warning."""
         f = Path(path, META_FILE)
         if not f.exists():
-            hint = " (QLoRA adapter only: run `lrt export RUN_DIR --out DIR` first)" if Path(path, "NOT_MERGED.txt").exists() else ""
+            adapter_only = Path(path, "NOT_MERGED.txt").exists()
+            hint = " (QLoRA adapter only: run `lrt export RUN_DIR --out DIR` first)" if adapter_only else ""
             raise LrtError(f"{path}: no {META_FILE}; export the model with `lrt export` (or `lrt train`){hint}")
         try:
             raw = json.loads(f.read_text(encoding="utf-8"))
@@ -307,7 +308,9 @@ class Reranker:
         p = parse_permutation(text, identifier_labels(self.template.identifiers, n))
         st = self._stats
         st.valid += p.valid
-        st.duplicates, st.out_of_range, st.missing = st.duplicates + p.duplicates, st.out_of_range + p.out_of_range, st.missing + p.missing
+        st.duplicates += p.duplicates
+        st.out_of_range += p.out_of_range
+        st.missing += p.missing
         if not p.valid and len(st.repaired_examples) < 5:
             st.repaired_examples.append(text[:200])
         return p.order

@@ -1,0 +1,155 @@
+"""`lrt bench rerank`: latency of the three reranking modes on one model and one query set.
+
+What is measured: the wall-clock time of `Reranker.rerank_many` over all queries (windows of
+different queries batched, `--batch-size` per call), after one untimed warm-up query per mode,
+divided by the number of queries. It includes prompt rendering and tokenisation; it excludes model
+loading. The modes, all on the same prompts and passages:
+
+- `first_token`: sliding window (w=20, s=10 -> 9 windows per 100 candidates), one forward each.
+- `generate`: the same windows, each decoding the full permutation length (greedy, KV cache,
+  EOS ignored: what a well-formed answer costs; fullrank also forces the length).
+- `full`: one forward over all candidates (special identifiers <id_1>..<id_N>).
+
+The default model is a random tiny Llama (saved with lrt metadata and reloaded through
+`Reranker.from_pretrained`); `--model DIR` times an exported model instead. On a tiny CPU model the
+per-token decoding overhead dominates, so `generate` looks far slower than on a 7B model on a GPU,
+where prefill dominates and FIRST reports a 21-50 % saving (see the README/report).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrt.data.schema import Candidate
+from lrt.errors import LrtError
+
+WORDS = ("the quick brown fox jumps over lazy dog passage query rank search document text river bank "
+         "money water city history music science energy market health policy model network").split()
+
+
+def synthetic_queries(n: int, n_cands: int, words_per_passage: int, seed: int) -> list[tuple[str, str, list[Candidate]]]:
+    rng = random.Random(seed)
+    return [(f"q{q}", " ".join(rng.choices(WORDS, k=4)),
+             [Candidate(f"q{q}d{i}", " ".join(rng.choices(WORDS, k=words_per_passage))) for i in range(n_cands)])
+            for q in range(n)]
+
+
+def build_tiny(out: Path, n_ids: int, hidden: int, layers: int, window: int, stride: int, seed: int) -> Path:
+    """A random tiny Llama with <id_1>..<id_n> added and lrt_reranker.json (compact + special)."""
+    from lrt.data.prompts import PromptTemplate, special_tokens
+    from lrt.modeling import init_special_identifiers
+    from lrt.rerank import RerankerMeta
+    from lrt.testing.tiny import build_tokenizer, tiny_llama
+
+    tok = build_tokenizer("chatml")
+    tok.add_special_tokens({"additional_special_tokens": special_tokens(n_ids)}, replace_extra_special_tokens=False)
+    base = len(build_tokenizer("chatml"))
+    model = tiny_llama(base, hidden=hidden, layers=layers, heads=max(1, hidden // 64), seed=seed,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.config.max_position_embeddings = 32768
+    init_special_identifiers(model, tok)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    tpl = PromptTemplate.preset("compact", identifiers="special")
+    RerankerMeta(template=tpl.to_dict(), window=window, stride=stride, max_length=32768).save(out)
+    return out
+
+
+def time_mode(rr: Any, queries: list, mode: str, repeats: int) -> dict[str, Any]:
+    """Median ms/query of `rerank_many` over `repeats` timed runs (after one warm-up query)."""
+    rr.rerank_many(queries[:1], mode=mode)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rr.rerank_many(queries, mode=mode)
+        times.append(time.perf_counter() - t0)
+    st, n = rr.last_stats, len(queries)
+    return {
+        "mode": mode, "ms_per_query": round(1000 * statistics.median(times) / n, 2),
+        "windows_per_query": st.windows / n, "calls": st.batches, "prompt_tokens_per_query": round(st.prompt_tokens / n),
+        "generated_tokens_per_query": round(st.generated_tokens / n), "valid_share": st.valid_share,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lrt bench rerank", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="exported model dir (default: a random tiny Llama)")
+    p.add_argument("--queries", type=int, default=8)
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--window", type=int, default=20)
+    p.add_argument("--stride", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--passage-tokens", type=int, default=64, help="synthetic passages are cut to this many tokens")
+    p.add_argument("--hidden", type=int, default=256, help="tiny model width")
+    p.add_argument("--layers", type=int, default=4, help="tiny model depth")
+    p.add_argument("--modes", default="first_token,generate,full")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from lrt.rerank import MODES, Reranker
+
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if bad := [m for m in modes if m not in MODES]:
+        raise LrtError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    if a.queries < 1 or a.candidates < 2 or a.repeats < 1:
+        raise LrtError("need --queries >= 1, --candidates >= 2 and --repeats >= 1")
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmp:
+        path = a.model or build_tiny(Path(tmp), a.candidates, a.hidden, a.layers, a.window, a.stride, a.seed)
+        rr = Reranker.from_pretrained(path, device=a.device, mode="full", window=a.window, stride=a.stride,
+                                      batch_size=a.batch_size, max_length=32768, gen_force_length=True)
+    rr.template = rr.template.with_(max_passage_tokens=a.passage_tokens)
+    n_params = sum(p.numel() for p in rr.model.parameters())
+    what = (f"ms/query = wall time of Reranker.rerank_many over {a.queries} queries x {a.candidates} candidates / "
+            f"{a.queries} (batch {a.batch_size}, warm, excl. model load); generate decodes the full permutation per window")
+    common = {"bench": "rerank", "model": a.model or f"tiny-llama h{a.hidden} l{a.layers}", "params": n_params,
+              "device": str(rr.device), "threads": torch.get_num_threads(), "queries": a.queries,
+              "candidates": a.candidates, "passage_tokens": a.passage_tokens, "batch_size": a.batch_size}
+    qs = synthetic_queries(a.queries, a.candidates, a.passage_tokens * 2, a.seed)
+    rows: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        w, s = (a.candidates, a.candidates) if mode == "full" else (a.window, a.stride)
+        try:
+            res = time_mode(rr, qs, mode, a.repeats)
+        except LrtError as e:  # e.g. --model without enough special identifiers for `full`
+            res = {"mode": mode, "skipped": str(e)}
+        rows[mode] = {**common, "window": w, "stride": s, **res}
+        print(json.dumps(rows[mode]), flush=True)
+    ms = {m: r["ms_per_query"] for m, r in rows.items() if "ms_per_query" in r}
+    ratios = {f"{x}/{y}": round(ms[x] / ms[y], 2) for x, y in
+              (("generate", "first_token"), ("first_token", "full"), ("generate", "full")) if x in ms and y in ms}
+    summary: dict[str, Any] = {"bench": "rerank", "ratios": ratios, "what": what}
+    if "generate" in ms and "first_token" in ms:
+        summary["first_token_saving_vs_generate"] = round(1 - ms["first_token"] / ms["generate"], 3)
+    print(json.dumps(summary), flush=True)
+    print(_table(rows, ratios, what), file=sys.stderr)
+    return 0
+
+
+def _table(rows: dict[str, dict[str, Any]], ratios: dict[str, float], what: str) -> str:
+    lines = [f"# {what}", f"{'mode':<12} {'window':>6} {'calls':>5} {'prompt tok/q':>12} {'gen tok/q':>9} {'ms/query':>9}"]
+    for m, r in rows.items():
+        if "skipped" in r:
+            lines.append(f"{m:<12} skipped: {r['skipped']}")
+            continue
+        lines.append(f"{m:<12} {r['window']:>6} {r['calls']:>5} {r['prompt_tokens_per_query']:>12} "
+                     f"{r['generated_tokens_per_query']:>9} {r['ms_per_query']:>9.1f}")
+    lines.append("ratios: " + ", ".join(f"{k} = {v}x" for k, v in ratios.items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

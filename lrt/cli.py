@@ -46,7 +46,7 @@ def _train(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-5 data.train=x.jsonl")
     p.add_argument("--nproc-per-node", type=int, default=None, help="re-launch under torchrun with N processes")
     p.add_argument("--nnodes", type=int, default=1)
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # options may come before or after the overrides
     from lrt.config import load_recipe
 
     recipe = load_recipe(a.recipe, a.overrides)  # validate before spawning anything

@@ -177,6 +177,8 @@ def cross_field_problems(r: Recipe) -> list[str]:
         out.append(f"data.window={r.data.window} but alpha identifiers stop at 26: set prompt.identifiers=special")
     if r.model.quantization and not r.model.lora:
         out.append("model.quantization needs model.lora (QLoRA trains adapters on a frozen quantised base)")
+    if r.model.lora and r.model.init == "from_config":
+        out.append("model.lora with model.init=from_config would train adapters on a random frozen base: use init=pretrained")
     if r.model.quantization and r.train.deepspeed:
         out.append("model.quantization with train.deepspeed is not supported: use one GPU with QLoRA, or LoRA under ZeRO")
     if not r.loss:

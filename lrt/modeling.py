@@ -6,6 +6,7 @@ with a clear message on CPU instead of crashing deep inside transformers.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -45,14 +46,16 @@ def load_tokenizer(r: Recipe, n_identifiers: int | None = None) -> Any:
 
 
 def _check_device_features(r: Recipe) -> str:
+    """flash_attention_2 needs CUDA and the flash-attn package; anything else falls back to sdpa."""
     attn = r.model.attn_implementation
     if attn == "flash_attention_2":
         try:
-            import flash_attn  # noqa: F401
+            from transformers.utils import is_flash_attn_2_available
 
-            if not torch.cuda.is_available():
-                raise ImportError
+            ok = torch.cuda.is_available() and is_flash_attn_2_available()
         except ImportError:
+            ok = False
+        if not ok:
             log.warning("flash_attention_2 needs CUDA and the flash-attn package: falling back to sdpa")
             attn = "sdpa"
     return attn
@@ -72,8 +75,18 @@ def quantization_config(r: Recipe) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def _device_map(r: Recipe) -> Any:
+    """k-bit weights are quantised while loading, so they must load straight onto this rank's device."""
+    if r.model.quantization is None:
+        return None
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return {"": "cpu"}
+
+
 def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
-    """The causal LM, resized for added identifier tokens, with LoRA/QLoRA and NEFTune applied."""
+    """The causal LM, resized for added identifier tokens, with QLoRA preparation, gradient
+    checkpointing, LoRA and NEFTune applied (in that order: each step needs the previous one)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     src = resolve_path(r.model.name_or_path)
@@ -88,15 +101,19 @@ def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 src, dtype=dtype, attn_implementation=attn, trust_remote_code=r.model.trust_remote_code,
-                quantization_config=quantization_config(r),
+                quantization_config=quantization_config(r), device_map=_device_map(r),
             )
     except OSError as e:
         raise LrtError(f"model.name_or_path: cannot load {src!r} ({e})") from None
     init_special_identifiers(model, tokenizer)
+    if r.model.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # freezes the base and upcasts norms/embeddings to fp32; checkpointing is enabled below
+        # (non-reentrant) rather than through peft's reentrant-default path
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if r.model.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model, input_grads=r.model.lora is not None)
     if r.model.lora is not None:
         model = apply_lora(model, r)
     if r.model.neftune_alpha:
@@ -104,16 +121,34 @@ def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
     return model
 
 
+def enable_gradient_checkpointing(model: nn.Module, input_grads: bool) -> None:
+    """Non-reentrant checkpointing (works with frozen inputs, DDP and ZeRO-3). Under LoRA the
+    embedding output is also made to require grad: every base weight is frozen, so without it
+    a reentrant fallback anywhere would silently drop the adapters' gradients."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+    if input_grads and not getattr(model, "_require_grads_hooks", None):
+        model.enable_input_require_grads()
+
+
 def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
     """Resize for added <id_k> tokens; initialise each new row from the embedding of the numeral k
     (input and, if untied, output embeddings), so training starts from a meaningful point."""
-    vocab = model.get_input_embeddings().weight.shape[0]
+    w = model.get_input_embeddings().weight
+    vocab = int(getattr(w, "ds_shape", w.shape)[0])  # ZeRO-3 partitions have shape [0]
     if len(tokenizer) <= vocab:
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
-    with torch.no_grad():
+    from lrt.train.module import gathered
+
+    params = [emb] + ([out.weight] if out is not None and out.weight is not emb else [])
+    with gathered(params, modifier_rank=0), torch.no_grad():  # ZeRO-3: edit the full rows, re-partition
         for tok_str, tid in tokenizer.get_vocab().items():
             if tid < vocab or not tok_str.startswith("<id_"):
                 continue
@@ -125,17 +160,12 @@ def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
 
 
 def apply_lora(model: nn.Module, r: Recipe) -> nn.Module:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """Wrap in a PEFT LoRA model. Adapter weights stay fp32 on a bf16 base (peft's
+    autocast_adapter_dtype), so the optimizer updates fp32 tensors under bf16 autocast."""
+    from peft import LoraConfig, get_peft_model
 
     lc = r.model.lora
     assert lc is not None
-    if r.model.quantization is not None:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=r.model.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif r.model.gradient_checkpointing:
-        model.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into the inputs
     cfg = LoraConfig(
         r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
         modules_to_save=lc.modules_to_save or None, task_type="CAUSAL_LM",

@@ -2,7 +2,15 @@
 
 A checkpoint is written into `checkpoints/.tmp-step-N`, completed with `trainer_state.json`, then
 renamed to `checkpoints/step-N`; the `latest` marker is replaced last. A crash at any point leaves
-the previous checkpoint and marker untouched.
+the previous checkpoint and marker untouched: only `step-*` directories holding a
+`trainer_state.json` count as checkpoints, and `.tmp-*` leftovers are ignored (and removed).
+
+Contents: `trainable.safetensors` (full model, or LoRA adapter + modules_to_save) with
+`optimizer.pt` / `scheduler.pt`, or DeepSpeed's own `ds/` tag (fp32 master weights, optimizer
+partitions and the client scheduler); `adapter/` for LoRA runs; `rng-rank{r}.pt` for every rank;
+`recipe.yaml`; and the step (= data position, see StepSampler) in `trainer_state.json`.
+
+`LRT_FAULT=ACTION:POINT:STEP` injects failures for the kill/resume tests (see `fault`).
 """
 from __future__ import annotations
 
@@ -58,20 +66,59 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
             params[n].copy_(t.to(params[n].dtype))
 
 
-def finalize(root: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
-    """Rank 0, after every rank wrote its files into the tmp dir: state file, rename, marker."""
+def _write_durable(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def finalize(root: Path, step: int, state: dict[str, Any], keep_last: int, protect: tuple[str, ...] = ()) -> Path:
+    """Rank 0, after every rank wrote its files into the tmp dir: state file, rename, marker, prune.
+
+    `protect` names checkpoints pruning must keep (the best one under eval.select_best)."""
     tmp = tmp_dir(root, step)
-    (tmp / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+    fault("in_save", step)  # test hook: every rank's files are written, the state file is not
+    _write_durable(tmp / STATE, json.dumps(state, indent=2))
     final = step_dir(root, step)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    marker_tmp = root / ".latest.tmp"
-    marker_tmp.write_text(final.name, encoding="utf-8")
-    os.replace(marker_tmp, root / "latest")
+    _write_durable(root / ".latest.tmp", final.name)
+    os.replace(root / ".latest.tmp", root / "latest")
     for old in complete_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_tmp(root: Path) -> None:
+    """Leftovers of saves that crashed (never complete, never read)."""
+    if root.exists():
+        for p in root.glob(".tmp-step-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def fault(point: str, step: int) -> None:
+    """Failure injection for the kill/resume tests: `LRT_FAULT=ACTION:POINT:STEP` on rank 0, with
+    ACTION `kill` (SIGKILL itself) or `pause` (sleep, for the test to SIGKILL the process group)
+    and POINT `after_step` (step logged) or `in_save` (every rank's files are in the tmp dir,
+    `trainer_state.json` is not: a half-written checkpoint)."""
+    spec = os.environ.get("LRT_FAULT")
+    if not spec or os.environ.get("RANK", "0") != "0":
+        return
+    action, p, at = (spec.split(":") + ["", "", ""])[:3]
+    if p != point or not at.isdigit() or int(at) != step:
+        return
+    import signal
+    import time
+
+    print(f"LRT_FAULT: {action} at {point} of step {step}", flush=True)
+    if action == "pause":  # bounded: a forgotten paused run dies on its own (and its peers then fail)
+        time.sleep(float(os.environ.get("LRT_FAULT_PAUSE_S", "300")))
+        action = "kill"
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -81,19 +128,17 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def find_resume(root: Path, resume: str) -> Path | None:
-    """`auto`: the newest complete checkpoint (the marker if valid); a path: that checkpoint."""
+    """`auto`: the newest complete checkpoint (a crash between the rename and the marker update
+    leaves `latest` one behind, so the directories decide, not the marker); a path: that checkpoint."""
     if resume == "none":
         return None
     if resume != "auto":
         p = Path(resume)
         if not (p / STATE).exists():
-            raise FileNotFoundError(f"{p} is not a complete lrt checkpoint (no {STATE})")
+            from lrt.errors import LrtError
+
+            raise LrtError(f"train.resume: {p} is not a complete lrt checkpoint (no {STATE})")
         return p
-    marker = root / "latest"
-    if marker.exists():
-        p = root / marker.read_text(encoding="utf-8").strip()
-        if (p / STATE).exists():
-            return p
     ckpts = complete_checkpoints(root)
     return ckpts[-1] if ckpts else None
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -38,9 +39,9 @@ class DistEnv:
             import deepspeed
 
             if not dist.is_initialized():
-                deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+                deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=_timeout())
         elif world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo")
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
         return cls(rank, world, local, device)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
@@ -60,6 +61,12 @@ class DistEnv:
         out: list[object] = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+
+def _timeout() -> timedelta:
+    """Collective timeout. Ranks wait in a barrier while rank 0 alone writes a checkpoint or merges
+    a 7B LoRA export on CPU (minutes), which the 10-minute NCCL default does not always cover."""
+    return timedelta(minutes=float(os.environ.get("LRT_DIST_TIMEOUT_MIN", "60")))
 
 
 def _free_port() -> int:

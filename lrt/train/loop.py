@@ -4,10 +4,15 @@ Own loop rather than a `transformers.Trainer` subclass (see README "Architecture
 hidden states instead of logits, its normalisation is computed over the whole optimizer step
 before any backward (exact under accumulation and data parallelism), and checkpoints must be
 atomic and resume bit-exactly (RNG of every rank, data position = step number).
+
+Backends: 1 process; torchrun + DDP; DeepSpeed ZeRO-2/3 (optionally offloaded). DeepSpeed gets lrt's
+own torch AdamW and LambdaLR, so every backend runs the same update and schedule; `engine.step()` is
+called after every micro-batch and DeepSpeed steps the client scheduler at accumulation boundaries
+only (asserted every step: the anchors' LR curve was wrong under DS). For ZeRO-3 the HfDeepSpeedConfig
+exists before `from_pretrained`, so a 7B model loads partitioned (asserted too).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,18 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrt.config import Recipe, dump_recipe, resolve_path
+from lrt.config import Recipe, dump_recipe
 from lrt.data.collate import ListwiseCollator, identifier_token_ids
 from lrt.data.schema import ListwiseExample
 from lrt.errors import LrtError
+from lrt.export import save_adapter
 from lrt.modeling import load_model, load_tokenizer
 from lrt.scoring import unwrap
 from lrt.train import checkpoint as ckpt
 from lrt.train.data import StepSampler, batch_to, encode_all, load_split, prompt_template
 from lrt.train.dist import DistEnv
 from lrt.train.metrics import MetricsLogger
-from lrt.train.module import RerankModule, gathered
+from lrt.train.module import RerankModule, Zero3EvalView
 from lrt.train.objective import Objective
+from lrt.train.zero import deepspeed_config, gather_on_rank0, is_partitioned, offloads_optimizer, zero_stage
 
 log = logging.getLogger("lrt")
 
@@ -60,34 +67,25 @@ def lr_lambda(r: Recipe, total_steps: int):
     return f
 
 
-def build_optimizer(r: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(r: Recipe, model: nn.Module, ds_cfg: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (no decay on norms/biases). Under ZeRO-Offload on GPU,
+    DeepSpeedCPUAdam (same update, run on the CPU copy); on CPU, torch AdamW everywhere."""
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": r.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # ZeRO drops empty groups (LoRA has no 1-D params): keep LambdaLR aligned
     kw = dict(lr=r.train.lr, betas=r.train.betas, eps=r.train.eps)
+    if ds_cfg is not None and offloads_optimizer(ds_cfg) and torch.cuda.is_available():
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
     if r.train.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, **kw)
     return torch.optim.AdamW(groups, **kw)
-
-
-def deepspeed_config(r: Recipe) -> dict[str, Any]:
-    """The recipe's DeepSpeed JSON with batch sizes, clipping and precision filled from the recipe."""
-    cfg = json.loads(Path(resolve_path(r.train.deepspeed or "")).read_text(encoding="utf-8"))
-    cfg["train_micro_batch_size_per_gpu"] = r.train.per_device_batch_size
-    cfg["gradient_accumulation_steps"] = r.train.grad_accum
-    cfg.pop("train_batch_size", None)
-    if r.train.max_grad_norm:
-        cfg["gradient_clipping"] = r.train.max_grad_norm
-    cfg["bf16"] = {"enabled": r.train.precision == "bf16"}
-    cfg.pop("fp16", None)
-    cfg.pop("optimizer", None)  # lrt passes its own AdamW and schedule: identical to the non-DS path
-    cfg.pop("scheduler", None)
-    cfg.setdefault("steps_per_print", 10**9)
-    return cfg
 
 
 @dataclass
@@ -108,18 +106,18 @@ class Trainer:
         seed_everything(recipe.train.seed)
         self.objective = Objective.from_recipe(recipe)
         self.template = prompt_template(recipe)
-        self.tok = load_tokenizer(recipe)
-        self.id_ids = None
-        if self.objective.needs_scores or recipe.eval.every or recipe.eval.at_end:
-            n = recipe.data.window or self._max_train_candidates()
-            self.id_ids = identifier_token_ids(self.tok, self.template, n) if self._single_token_ok(n) else None
-            if self.objective.needs_scores and self.id_ids is None:
-                identifier_token_ids(self.tok, self.template, n)  # raises the clear IdentifierError
         self.train_examples = load_split(recipe, recipe.data.train)
         eval_src = recipe.eval.data or recipe.data.eval
         self.eval_examples = load_split(recipe, eval_src) if eval_src else []
         if recipe.eval.max_queries:
             self.eval_examples = self.eval_examples[: recipe.eval.max_queries]
+        n = self._max_candidates()
+        self.tok = load_tokenizer(recipe, n_identifiers=n)
+        self.id_ids = None
+        if self.objective.needs_scores or recipe.eval.every or recipe.eval.at_end:
+            self.id_ids = identifier_token_ids(self.tok, self.template, n) if self._single_token_ok(n) else None
+            if self.objective.needs_scores and self.id_ids is None:
+                identifier_token_ids(self.tok, self.template, n)  # raises the clear IdentifierError
         rows = encode_all(recipe, self.tok, self.template, self.train_examples,
                           self.id_ids if self.objective.needs_scores else None, self.objective.needs_target)
         self.rows = rows
@@ -134,26 +132,38 @@ class Trainer:
                 "lower train.per_device_batch_size / train.grad_accum or add data"
             )
         self.total_steps = recipe.train.max_steps or max(1, math.ceil(recipe.train.epochs * spe))
+        self.zero3 = zero_stage(self.ds_cfg) == 3
         self._ds_keepalive = None
-        if self.ds_cfg and self.ds_cfg.get("zero_optimization", {}).get("stage") == 3:
+        if self.zero3:
             from transformers.integrations import HfDeepSpeedConfig
 
-            self._ds_keepalive = HfDeepSpeedConfig(self.ds_cfg)  # load 7B weights partitioned, not whole per rank
+            # Must exist (and stay referenced: transformers keeps a weakref) BEFORE from_pretrained,
+            # so a 7B model loads straight into zero.Init partitions instead of whole on every rank.
+            self._ds_keepalive = HfDeepSpeedConfig(self.ds_cfg)
         model = load_model(recipe, self.tok)
-        if recipe.train.precision == "bf16" and self.ds_cfg is None and recipe.model.quantization is None:
-            model = model.to(torch.bfloat16) if recipe.model.dtype == "bfloat16" else model
+        self.loaded_partitioned = is_partitioned(model)
+        if self.zero3 and not self.loaded_partitioned:
+            raise LrtError("ZeRO-3: the model did not load partitioned (HfDeepSpeedConfig was not active)")
+        self.is_lora = recipe.model.lora is not None
         self.module = RerankModule(model, self.objective)
         self.ckpt_root = self.out / "checkpoints"
         self._setup_backend()
         self.metrics = MetricsLogger(self.out, recipe, enabled=self.env.is_main)
         self.step = 0
+        self._saved_step = -1
         self.best: dict[str, Any] | None = None
         self.eval_history: list[dict[str, Any]] = []
         self._maybe_resume()
 
     # ---- set-up -----------------------------------------------------------------------------
-    def _max_train_candidates(self) -> int:
-        return 20
+    def _max_candidates(self) -> int:
+        """Identifiers needed: the longest list after the data.window cut (train, eval window)."""
+        w = self.r.data.window
+        n = max(min(len(e.candidates), w or 10**9) for e in self.train_examples)
+        if self.eval_examples:
+            ev = self.r.eval.window or w or max(len(e.candidates) for e in self.eval_examples)
+            n = max(n, min(ev, max(len(e.candidates) for e in self.eval_examples)))
+        return n
 
     def _single_token_ok(self, n: int) -> bool:
         from lrt.data.collate import IdentifierError
@@ -166,9 +176,9 @@ class Trainer:
 
     def _setup_backend(self) -> None:
         r = self.r
-        if self.ds_cfg is None:
+        if self.ds_cfg is None and r.model.quantization is None:  # k-bit weights were placed by device_map
             self.module.to(self.env.device)
-        self.optimizer = build_optimizer(r, self.module)
+        self.optimizer = build_optimizer(r, self.module, self.ds_cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(r, self.total_steps))
         self.engine = None
         self.ddp = None
@@ -194,6 +204,8 @@ class Trainer:
 
     # ---- one optimizer step ---------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
+        lr = self.optimizer.param_groups[0]["lr"]  # the LR this step's update uses
+        sched_before = self.scheduler.last_epoch
         micro = [self.collate([self.rows[i] for i in idx]) for idx in self.sampler.micro_batches(self.step, self.env.rank)]
         keys = list(self.objective.denominators(micro[0]).keys())
         local = [sum(self.objective.denominators(b)[k] for b in micro) for k in keys]
@@ -206,8 +218,8 @@ class Trainer:
             if self.engine is not None:
                 with self.autocast():
                     loss, nums = self.engine(batch, dens, scale)
-                self.engine.backward(loss, scale_wrt_gas=False)
-                self.engine.step()
+                self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already the global mean
+                self.engine.step()  # a no-op except at the accumulation boundary
             else:
                 runner = self.ddp or self.module
                 sync = nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
@@ -217,7 +229,6 @@ class Trainer:
                     loss.backward()
             for k in keys:
                 sums[k] += float(nums[k])
-        lr = self.optimizer.param_groups[0]["lr"]
         grad_norm = None
         if self.engine is None:
             if self.r.train.max_grad_norm:
@@ -228,6 +239,10 @@ class Trainer:
         else:
             gn = self.engine.get_global_grad_norm()
             grad_norm = float(gn) if gn is not None else None
+        if self.scheduler.last_epoch != sched_before + 1:
+            # DeepSpeed steps the client scheduler itself, at accumulation boundaries only; a
+            # schedule stepped per micro-batch (or never) would silently bend the LR curve.
+            raise RuntimeError(f"LR scheduler advanced {self.scheduler.last_epoch - sched_before} times in one optimizer step")
         glob = self.env.all_reduce_sum([sums[k] for k in keys])
         terms = {k: glob[i] / max(dens[k], 1e-12) for i, k in enumerate(keys)}
         total = sum(t.weight * terms["lm" if t.kind == "lm" else t.name] for t in self.objective.terms)
@@ -249,12 +264,16 @@ class Trainer:
         r = self.r
         w = r.eval.window or r.data.window or max(len(e.candidates) for e in self.eval_examples)
         stride = r.eval.stride or max(1, w // 2)
-        model = unwrap(self.engine.module.model if self.engine is not None else self.hf_model)
+        model = unwrap(self.hf_model)
+        if self.zero3:
+            model = Zero3EvalView(model)
         rr = Reranker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
                       batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
-        # every rank takes a slice of the queries; results are gathered (ZeRO-3 needs all ranks anyway)
-        mine = self.eval_examples[self.env.rank::self.env.world]
-        with gathered([p for p in [model.get_output_embeddings().weight]]), self.autocast():
+        # Every rank takes a slice of the queries and the results are gathered. Under ZeRO-3 each
+        # forward is collective (parameters are all-gathered), so ranks must run identical forward
+        # sequences: there, every rank reranks every query.
+        mine = self.eval_examples if self.zero3 else self.eval_examples[self.env.rank::self.env.world]
+        with self.autocast():
             ranked = rr.rerank_many([(e.qid, e.query, e.candidates) for e in mine])
         allr: dict[str, list[str]] = {}
         for part in self.env.gather_objects({q: [d for d, _ in v] for q, v in ranked.items()}):
@@ -268,6 +287,7 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Every rank calls this. Files go to a tmp dir; rank 0 renames it and moves `latest` last."""
         root = self.ckpt_root
         tmp = ckpt.tmp_dir(root, self.step)
         if self.env.is_main:
@@ -280,36 +300,63 @@ class Trainer:
         self.env.barrier()
         torch.save(ckpt.rng_state(), tmp / f"rng-rank{self.env.rank}.pt")
         if self.engine is not None:
-            self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
+            # fp32 master weights, optimizer partitions and the client LR scheduler; LoRA runs skip
+            # the frozen base (a 7B base per checkpoint would be 14 GB of nothing new)
+            self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False, exclude_frozen_parameters=self.is_lora)
         elif self.env.is_main:
             from safetensors.torch import save_file
 
             save_file(ckpt.trainable_state(self.module.model), str(tmp / "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        if self.is_lora:
+            state = gather_on_rank0(self.hf_model, self.env.is_main)  # collective under ZeRO-3
+            if self.env.is_main:
+                save_adapter(self.hf_model, state, tmp / "adapter")
         self.env.barrier()
         path = ckpt.step_dir(root, self.step)
         if self.env.is_main:
             dump_recipe(self.r, tmp / "recipe.yaml")
             state = {"step": self.step, "world_size": self.env.world, "total_steps": self.total_steps,
-                     "best": self.best, "eval_history": self.eval_history, "backend": self._backend_name()}
-            path = ckpt.finalize(root, self.step, state, self.r.train.keep_last)
+                     "best": self.best, "eval_history": self.eval_history, "backend": self._backend_name(),
+                     "zero_stage": zero_stage(self.ds_cfg), "lora": self.is_lora,
+                     "loaded_partitioned": self.loaded_partitioned}
+            protect = (self.best["checkpoint"],) if self.best and self.best.get("checkpoint") else ()
+            path = ckpt.finalize(root, self.step, state, self.r.train.keep_last, protect)
         self.env.barrier()
+        self._saved_step = self.step
         return path
 
     def _backend_name(self) -> str:
         return "deepspeed" if self.engine is not None else ("ddp" if self.ddp is not None else "single")
 
     def _maybe_resume(self) -> None:
+        if self.env.is_main and self.r.train.resume != "none":
+            ckpt.remove_stale_tmp(self.ckpt_root)
+        self.env.barrier()
         path = ckpt.find_resume(self.ckpt_root, self.r.train.resume)
         if path is None:
             return
         state = ckpt.read_state(path)
-        if state.get("world_size") != self.env.world and self.engine is None:
-            log.warning("resuming a %s-process checkpoint on %s processes", state.get("world_size"), self.env.world)
+        saved_world = state.get("world_size")
+        if (state.get("backend") == "deepspeed") != (self.engine is not None):
+            raise LrtError(
+                f"{path} was written by the {state.get('backend')} backend but this run uses {self._backend_name()}: "
+                "resume with the same train.deepspeed setting (or export it with `lrt export` and start a new run)"
+            )
         if self.engine is not None:
-            self.engine.load_checkpoint(str(path), tag="ds")
+            if saved_world != self.env.world:
+                raise LrtError(
+                    f"{path}: a DeepSpeed checkpoint of {saved_world} processes cannot resume on {self.env.world} "
+                    "(ZeRO partitions are per rank); relaunch with the same number of processes"
+                )
+            load_path, _ = self.engine.load_checkpoint(str(path), tag="ds", load_module_strict=not self.is_lora)
+            if load_path is None:
+                raise LrtError(f"{path}: DeepSpeed could not load the checkpoint (tag 'ds')")
         else:
+            if saved_world != self.env.world:
+                log.warning("resuming a %s-process checkpoint on %s processes: the global batch changes", saved_world,
+                            self.env.world)
             from safetensors.torch import load_file
 
             ckpt.load_trainable_state(self.module.model, load_file(str(path / "trainable.safetensors")))
@@ -319,6 +366,7 @@ class Trainer:
         if rng.exists():
             ckpt.set_rng_state(torch.load(rng, weights_only=False))
         self.step = int(state["step"])
+        self._saved_step = self.step
         self.best = state.get("best")
         self.eval_history = state.get("eval_history", [])
         if self.env.is_main:
@@ -341,13 +389,16 @@ class Trainer:
             history.append(rec)
             if self.step % r.train.log_every == 0 or self.step == self.total_steps:
                 self.metrics.log(rec)
+            ckpt.fault("after_step", self.step)
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if r.eval.every and self.step % r.eval.every == 0 and self.step != self.total_steps:
                 self._run_eval()
-            if r.train.save_every and self.step % r.train.save_every == 0:
+            if r.train.save_every and self.step % r.train.save_every == 0 and self._saved_step != self.step:
                 self.save_checkpoint()
         bar.close()
+        if (r.train.save_every or self.is_lora) and self._saved_step != self.step:
+            self.save_checkpoint()  # the final state, resumable and exportable (`lrt export RUN_DIR`)
         if r.eval.at_end:
             self._run_eval()
         final_dir = None
@@ -368,7 +419,8 @@ class Trainer:
             self.best = dict(res)
             if self.r.train.save_every:
                 self.best["checkpoint"] = ckpt.step_dir(self.ckpt_root, self.step).name
-                self.save_checkpoint()
+                if self._saved_step != self.step:
+                    self.save_checkpoint()
 
 
 def eval_qrels(examples: list[ListwiseExample]) -> dict[str, dict[str, float]]:

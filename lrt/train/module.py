@@ -40,12 +40,39 @@ class RerankModule(nn.Module):
 
 
 @contextlib.contextmanager
-def gathered(params: list[nn.Parameter]) -> Iterator[None]:
-    """Gather ZeRO-3 partitioned parameters for use outside their module (a no-op otherwise)."""
+def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> Iterator[None]:
+    """Gather ZeRO-3 partitioned parameters for use outside their module (a no-op otherwise);
+    with `modifier_rank`, that rank's edits are broadcast and re-partitioned on exit."""
     if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(params):
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
             yield
     else:
         yield
+
+
+class Zero3EvalView(nn.Module):
+    """What evaluation scores with under ZeRO-3: the live (partitioned) decoder plus a gathered,
+    frozen copy of the LM head. Scoring reads `head.weight` outside any module forward; ZeRO-3
+    releases a gathered weight when the module that owns it (the tied input embedding) finishes
+    its forward, so a plain `GatheredParameters` around the reranker is not enough."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        decoder, head = decoder_and_head(model)
+        self.decoder = decoder
+        bias = getattr(head, "bias", None)
+        with gathered([p for p in (head.weight, bias) if p is not None]):
+            w = head.weight.detach().clone()
+            b = bias.detach().clone() if bias is not None else None
+        self.head = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+        self.head.weight = nn.Parameter(w, requires_grad=False)
+        if b is not None:
+            self.head.bias = nn.Parameter(b, requires_grad=False)
+
+    def get_decoder(self) -> nn.Module:
+        return self.decoder
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head

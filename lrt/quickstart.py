@@ -1,0 +1,94 @@
+"""`lrt quickstart`: generate the demo data, train the tiny reranker, export it, and show the
+nDCG@10 of its first-token reranking against the initial candidate order on held-out queries.
+
+Everything is offline and deterministic: the data come from `lrt.demo.world`, the backbone and
+tokenizer are shipped in `lrt/assets/tiny-backbone` (built by `scripts/pretrain_tiny_backbone.py`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from lrt.config import PACKAGE_DIR, load_recipe
+from lrt.errors import LrtError
+
+RECIPE = PACKAGE_DIR.parent / "recipes" / "quickstart.yaml"
+# The demo task (see lrt/assets/tiny-backbone/README.md for how these were chosen and measured).
+TASK = {"n_candidates": 5, "query_words": 1, "passage_len": (4, 6)}
+SPLITS = {"train": (20000, 11), "eval": (500, 12)}  # (queries, seed): disjoint random streams
+
+
+def make_data(out: Path) -> dict[str, Path]:
+    from lrt.demo.world import make_split, write_jsonl
+
+    paths = {}
+    for name, (n, seed) in SPLITS.items():
+        p = out / f"{name}.jsonl"
+        if not p.exists():
+            write_jsonl(make_split(n, TASK["n_candidates"], seed, query_words=TASK["query_words"],
+                                   passage_len=TASK["passage_len"], qid_prefix=name), p)
+        paths[name] = p
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lrt quickstart", description=__doc__)
+    p.add_argument("--out", default="outputs/quickstart", help="run directory (data, checkpoints, export)")
+    p.add_argument("--recipe", default=str(RECIPE))
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.max_steps=100")
+    a = p.parse_args(argv)
+    if not Path(a.recipe).exists():
+        raise LrtError(f"{a.recipe}: quickstart recipe not found (run from the repository checkout)")
+    t0 = time.perf_counter()
+    out = Path(a.out)
+    data = make_data(out / "data")
+    recipe = load_recipe(a.recipe, [f"data.train={data['train']}", f"data.eval={data['eval']}",
+                                    f"output_dir={out / 'run'}", "train.resume=none", *a.overrides])
+    from lrt.train.loop import Trainer
+
+    trainer = Trainer(recipe)
+    res = trainer.fit()
+    t_train = time.perf_counter() - t0
+    if not res.eval_history or res.final_dir is None:
+        raise LrtError("the quickstart recipe must evaluate at the end and export (eval.at_end, train.save_final)")
+    first, last = res.eval_history[0], res.eval_history[-1]
+    # reload the exported checkpoint and rerank the held-out queries again: same ordering expected
+    from lrt.evaluate import ndcg_at_k
+    from lrt.rerank import Reranker
+    from lrt.train.loop import eval_qrels
+
+    rr = Reranker.from_pretrained(res.final_dir, device="cpu")
+    ranked = rr.rerank_many([(e.qid, e.query, e.candidates) for e in trainer.eval_examples])
+    exported = {q: [d for d, _ in v] for q, v in ranked.items()}
+    same = exported == trainer.last_rankings
+    qrels = eval_qrels(trainer.eval_examples)
+    summary = {
+        "heldout_queries": len(exported),
+        "candidates_per_query": TASK["n_candidates"],
+        "nDCG@10_initial_order": round(last["eval/initial_nDCG@10"], 4),
+        "nDCG@10_before_finetuning": round(first["eval/nDCG@10"], 4) if first["step"] == 0 else None,
+        "nDCG@10_trained": round(last["eval/nDCG@10"], 4),
+        "nDCG@10_exported_reloaded": round(ndcg_at_k(exported, qrels, 10), 4),
+        "exported_ordering_equals_training_eval": same,
+        "train_steps": res.steps,
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "train_time_s": round(t_train, 1),
+        "export_dir": str(res.final_dir),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    gain = summary["nDCG@10_trained"] - summary["nDCG@10_initial_order"]
+    print("\n== lrt quickstart: first-token reranking of held-out queries ==")
+    print(f"  initial candidate order   nDCG@10 = {summary['nDCG@10_initial_order']:.4f}")
+    if summary["nDCG@10_before_finetuning"] is not None:
+        print(f"  backbone, not fine-tuned  nDCG@10 = {summary['nDCG@10_before_finetuning']:.4f}")
+    print(f"  trained reranker          nDCG@10 = {summary['nDCG@10_trained']:.4f}  ({gain:+.4f} vs initial order)")
+    print(f"  exported + reloaded       nDCG@10 = {summary['nDCG@10_exported_reloaded']:.4f}"
+          f"  (same ordering as in-training eval: {same})")
+    print(f"  {res.steps} steps, {summary['wall_time_s']} s total; model: {res.final_dir}")
+    if gain <= 0.005:
+        print("  No ranking gain over the initial order: in a few CPU-minutes the tiny model learns the output\n"
+              "  format (LM loss falls) but not query-passage relevance; README 'Quickstart results' shows\n"
+              "  what was measured and the longer run.")
+    return 0 if same else 1

@@ -42,6 +42,8 @@ def load_tokenizer(r: Recipe, n_identifiers: int | None = None) -> Any:
         missing = [t for t in special_tokens(n) if t not in tok.get_vocab()]
         if missing:
             tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+            # rows to initialise from numerals (not rows a trained checkpoint already carries)
+            tok.lrt_new_identifier_ids = tok.convert_tokens_to_ids(missing)
     return tok
 
 
@@ -136,27 +138,34 @@ def enable_gradient_checkpointing(model: nn.Module, input_grads: bool) -> None:
 
 
 def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
-    """Resize for added <id_k> tokens; initialise each new row from the embedding of the numeral k
-    (input and, if untied, output embeddings), so training starts from a meaningful point."""
+    """Resize for added <id_k> tokens if needed, and initialise every *newly added* <id_k> row from
+    the embedding of the numeral k (input and, if untied, output embeddings).
+
+    Rows are initialised even when no resize happens: some checkpoints (Qwen2.5) carry spare
+    embedding rows, and new tokens land there. The numeral's pieces are averaged with weights
+    2^-i by position so that digit-split anagrams (<id_12>, <id_21>) start apart.
+    """
+    new_ids: list[int] = list(getattr(tokenizer, "lrt_new_identifier_ids", []))
+    if not new_ids:
+        return
     w = model.get_input_embeddings().weight
     vocab = int(getattr(w, "ds_shape", w.shape)[0])  # ZeRO-3 partitions have shape [0]
-    if len(tokenizer) <= vocab:
-        return
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if len(tokenizer) > vocab:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
     from lrt.train.module import gathered
 
     params = [emb] + ([out.weight] if out is not None and out.weight is not emb else [])
     with gathered(params, modifier_rank=0), torch.no_grad():  # ZeRO-3: edit the full rows, re-partition
-        for tok_str, tid in tokenizer.get_vocab().items():
-            if tid < vocab or not tok_str.startswith("<id_"):
-                continue
-            numeral = tok_str[4:-1]
+        for tid in new_ids:
+            numeral = tokenizer.convert_ids_to_tokens(tid)[4:-1]
             src_ids = tokenizer(numeral, add_special_tokens=False)["input_ids"]
-            emb[tid] = emb[src_ids].mean(0)
+            wts = torch.tensor([2.0 ** -i for i in range(len(src_ids))], dtype=emb.dtype, device=emb.device)
+            wts = (wts / wts.sum()).unsqueeze(1)
+            emb[tid] = (emb[src_ids] * wts).sum(0)
             if out is not None and out.weight is not emb:
-                out.weight[tid] = out.weight[src_ids].mean(0)
+                out.weight[tid] = (out.weight[src_ids] * wts.to(out.weight.dtype)).sum(0)
 
 
 def apply_lora(model: nn.Module, r: Recipe) -> nn.Module:

@@ -222,8 +222,13 @@ def _loss_problems(terms: list[LossTerm]) -> list[str]:
                 + f"; choose from {sorted([*RANKING_LOSSES, 'lm'])}"
             )
             continue
+        params = dict(t.params)
+        if t.name == "lipo_lambda":
+            beta = params.pop("beta", 0.1)
+            if not isinstance(beta, (int, float)) or beta <= 0:
+                out.append(f"loss[{i}].params.beta: must be a number > 0 (got {beta!r})")
         try:
-            get_ranking_loss(t.name, **t.params)
+            get_ranking_loss(t.name, **params)
         except (ValueError, TypeError) as e:
             out.append(f"loss[{i}].params: {e}")
     return out

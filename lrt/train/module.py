@@ -23,6 +23,14 @@ class RerankModule(nn.Module):
         super().__init__()
         self.model = model
         self.objective = objective
+        self._reference: nn.Module | None = None
+        if objective.needs_reference and not hasattr(model, "disable_adapter"):
+            import copy
+
+            # Full fine-tuning: a frozen copy of the initial policy, kept out of parameters() so
+            # neither the optimizer nor DDP/DeepSpeed see it (2x weights in memory; prefer LoRA).
+            ref = copy.deepcopy(model).eval().requires_grad_(False)
+            object.__setattr__(self, "_reference", ref)
         _, head = decoder_and_head(model)
         if hasattr(head.weight, "ds_id"):
             import deepspeed
@@ -34,9 +42,34 @@ class RerankModule(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         decoder, head = decoder_and_head(self.model)
         h = hidden_states(decoder, batch)
-        nums, _ = self.objective.numerators(h, batch, head.weight, getattr(head, "bias", None))
+        bias = getattr(head, "bias", None)
+        ref = self.reference_logprobs(batch) if self.objective.needs_reference else None
+        nums, _ = self.objective.numerators(h, batch, head.weight, bias, ref)
         loss = self.objective.combine(nums, dens, scale)
         return loss, {k: v.detach() for k, v in nums.items()}
+
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen reference's identifier log-probs: the LoRA base with adapters disabled (exactly
+        the initial policy, no extra memory), or the frozen copy made at construction."""
+        from lrt.scoring import identifier_scores
+        from lrt.train.objective import identifier_logprobs
+
+        if self._reference is None:
+            ctx = self.model.disable_adapter()
+            ref_model = self.model
+        else:
+            ctx = contextlib.nullcontext()
+            ref_model = self._reference
+            if next(ref_model.parameters()).device != batch["input_ids"].device:
+                ref_model.to(batch["input_ids"].device)
+        with ctx:
+            decoder, head = decoder_and_head(ref_model)
+            h = hidden_states(decoder, batch)
+            bias = getattr(head, "bias", None)
+            s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight, bias)
+            return identifier_logprobs(h, batch["answer_pos"], s, head.weight, bias)
 
 
 @contextlib.contextmanager

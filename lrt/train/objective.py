@@ -16,6 +16,9 @@ from lrt.config import LossTerm, Recipe
 from lrt.scoring import identifier_scores, target_nll
 
 
+REFERENCE_LOSSES = {"lipo_lambda"}  # scored as beta * (log p_policy - log p_reference)
+
+
 @dataclass
 class Term:
     name: str
@@ -35,6 +38,10 @@ class Objective:
         for t in terms:
             if t.name == "lm":
                 self.terms.append(Term("lm", t.weight, "lm", params=dict(t.params)))
+            elif t.name in REFERENCE_LOSSES:
+                params = dict(t.params)
+                beta = float(params.pop("beta", 0.1))
+                self.terms.append(Term(t.name, t.weight, "lipo", get_ranking_loss(t.name, **params), {"beta": beta}))
             else:
                 self.terms.append(Term(t.name, t.weight, "rank", get_ranking_loss(t.name, **t.params)))
         lm = self.lm_params
@@ -50,7 +57,11 @@ class Objective:
 
     @property
     def needs_scores(self) -> bool:
-        return any(t.kind == "rank" for t in self.terms)
+        return any(t.kind in ("rank", "lipo") for t in self.terms)
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(t.kind == "lipo" for t in self.terms)
 
     @property
     def needs_target(self) -> bool:
@@ -78,9 +89,12 @@ class Objective:
         return out
 
     def numerators(
-        self, hidden: torch.Tensor, batch: dict[str, torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
+        self, hidden: torch.Tensor, batch: dict[str, torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
+        ref_logps: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Sum-reduced value of every term on this micro-batch (fp32), and the [B, N] scores."""
+        """Sum-reduced value of every term on this micro-batch (fp32), and the [B, N] scores.
+
+        `ref_logps` [B, N]: the frozen reference model's identifier log-probs (LiPO terms only)."""
         out: dict[str, torch.Tensor] = {}
         scores = None
         if self.needs_scores:
@@ -90,6 +104,15 @@ class Objective:
                 nll = target_nll(hidden, batch, weight, bias, self.chunk_size)
                 w = self.token_weights(batch)
                 out["lm"] = (nll * w).sum() if w is not None else nll.sum()
+            elif t.kind == "lipo":
+                from lrt.losses import lipo_scores
+
+                assert t.fn is not None and scores is not None and t.params is not None
+                if ref_logps is None:
+                    raise RuntimeError(f"loss {t.name} needs the reference model's log-probs")
+                policy = identifier_logprobs(hidden, batch["answer_pos"], scores, weight, bias)
+                s = lipo_scores(policy, ref_logps, t.params["beta"])
+                out[t.name] = t.fn(s, batch["ranks"], batch.get("relevance"), reduction="sum")
             else:
                 assert t.fn is not None and scores is not None
                 out[t.name] = t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")
@@ -104,3 +127,18 @@ class Objective:
             key = "lm" if t.kind == "lm" else t.name
             total = total + t.weight * nums[key] / max(dens[key], 1e-12)
         return total * scale
+
+
+def identifier_logprobs(
+    hidden: torch.Tensor, answer_pos: torch.Tensor, scores: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """log p(identifier_i | prompt) over the full vocabulary at the answer position, [B, N].
+
+    The normaliser needs one [B, V] row per list (never [B, T, V]); scores are the identifier logits."""
+    B = hidden.shape[0]
+    h = hidden[torch.arange(B, device=hidden.device), answer_pos].float()
+    logits = h @ weight.float().T
+    if bias is not None:
+        logits = logits + bias.float()
+    return scores - torch.logsumexp(logits, dim=-1, keepdim=True)

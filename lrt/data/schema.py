@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from lrt.errors import DataError
+from lrt.io.atomic import atomic_write
 
 OnInvalid = Literal["error", "skip"]
 
@@ -245,21 +245,15 @@ def write_examples(examples: Iterable[ListwiseExample], path: str | os.PathLike)
             r.setdefault("relevance", None)
             for c in r["candidates"]:
                 c.setdefault("title", None)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if path.suffix == ".parquet":
-                import pyarrow as pa
-                import pyarrow.parquet as pq
+    def write(fh: Any) -> None:
+        if path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-                pq.write_table(pa.Table.from_pylist(rows), fh)
-            else:
-                for r in rows:
-                    fh.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            pq.write_table(pa.Table.from_pylist(rows), fh)
+        else:
+            for r in rows:
+                fh.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    atomic_write(path, write)
     return path

@@ -6,11 +6,12 @@ by docid desc) and `write_run` emits unique decreasing scores, so tie rules neve
 """
 from __future__ import annotations
 
+from lrt.io.atomic import atomic_write
+
 import gzip
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -102,19 +103,7 @@ def write_run(path: PathLike, rankings: Mapping[str, Sequence[str]], tag: str) -
                             "a ranking must list each document once")
         out.extend(f"{qid} Q0 {d} {r} {float(len(docids) - r + 1):.1f} {tag}\n"
                    for r, d in enumerate(docids, start=1))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make the run unreadable to teammates
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(out)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: fh.write("".join(out).encode("utf-8")))
 
 
 def read_qrels(path: PathLike) -> Qrels:

@@ -10,12 +10,12 @@ Every file is written to a temp file in the same directory, fsynced and `os.repl
 """
 from __future__ import annotations
 
+from lrt.io.atomic import atomic_write  # noqa: F401  (re-exported for lrt.prep users)
+
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from lrt.data.schema import ListwiseExample
 from lrt.errors import LrtError
@@ -24,22 +24,6 @@ from lrt.prep.windows import WindowCall
 
 def part_name(shard_id: int, num_shards: int) -> str:
     return f"part-{shard_id:05d}-of-{num_shards:05d}"
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
-    """Write through `write(binary_file)` into a temp file, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -214,7 +214,7 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "variant": cfg["variant"], "import_mb": import_mb, "setup_mb": setup_mb, "peak_mb": peak_mb,
         "step_times_s": times, "collate_s": collate_s, "first_loss": losses[0],
-        "threads": torch.get_num_threads(), "chunk_size": objective.chunk_size, "target_tokens": int(batch["lm_targets"].numel()),
+        "threads": torch.get_num_threads(), "chunk_size": objective.chunk_rows(cfg["vocab"]), "target_tokens": int(batch["lm_targets"].numel()),
         "params": sum(p.numel() for p in model.parameters()),
     }
 

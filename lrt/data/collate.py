@@ -7,6 +7,7 @@ the chat template contains eos (the Zephyr bug in the FIRST anchor).
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -49,8 +50,27 @@ class IdentifierError(LrtError):
 
 
 def _token_index(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
-    """Indices of the tokens overlapping the char span [start, end)."""
-    return [i for i, (s, e) in enumerate(offsets) if s < end and e > start and e > s]
+    """Indices of the tokens overlapping the char span [start, end) (offsets are sorted, so
+    bisect to the first token ending after `start` instead of scanning all T tokens)."""
+    ends = [e for _, e in offsets] if not isinstance(offsets, _Offsets) else offsets.ends
+    i = bisect.bisect_right(ends, start)
+    while i > 0 and ends[i - 1] > start:  # zero-width / overlapping special-token offsets
+        i -= 1
+    out = []
+    while i < len(offsets) and offsets[i][0] < end:
+        s, e = offsets[i]
+        if e > start and e > s:
+            out.append(i)
+        i += 1
+    return out
+
+
+class _Offsets(list):
+    """Offsets with their end positions precomputed once per tokenization."""
+
+    def __init__(self, offsets: Sequence[tuple[int, int]]) -> None:
+        super().__init__(tuple(o) for o in offsets)
+        self.ends = [e for _, e in self]
 
 
 def encode_example(
@@ -99,7 +119,7 @@ def encode_example(
         over = n_tok - max_length
         budget = max(MIN_PASSAGE_TOKENS, budget - max(1, -(-over // len(cands))))
     ids: list[int] = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    offsets = _Offsets(enc["offset_mapping"])
     base = len(prompt)
     first_tok = _token_index(offsets, base, base + 1)
     if not first_tok or offsets[first_tok[0]][0] < base:

@@ -62,7 +62,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             tgt = targets[start:end]
             keep = tgt != ignore_index
             picked = logits.gather(1, torch.where(keep, tgt, 0)[:, None]).squeeze(1)
-            chunk_lse = torch.logsumexp(logits, dim=-1)
+            # logsumexp in place on the block: a second [chunk, V] fp32 buffer would double the peak
+            mx = logits.amax(dim=-1, keepdim=True)
+            chunk_lse = logits.sub_(mx).exp_().sum(-1).log_().add_(mx.squeeze(1))
             lse[start:end] = chunk_lse
             nll[start:end] = torch.where(keep, chunk_lse - picked, 0.0)
             del logits

@@ -85,7 +85,10 @@ def build_optimizer(r: Recipe, model: nn.Module, ds_cfg: dict[str, Any] | None =
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, **kw)
-    return torch.optim.AdamW(groups, **kw)
+    # fused AdamW: one kernel over all tensors, ~4x faster steps on CPU and no [V, H] temporaries
+    # (measured by lrt bench train-step); DeepSpeed wraps the optimizer itself, so keep it plain there
+    fused = ds_cfg is None and all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, fused=fused or None, **kw)
 
 
 @dataclass

@@ -89,6 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {res.steps} steps, {summary['wall_time_s']} s total; model: {res.final_dir}")
     if gain <= 0.005:
         print("  No ranking gain over the initial order: in a few CPU-minutes the tiny model learns the output\n"
-              "  format (LM loss falls) but not query-passage relevance; README 'Quickstart results' shows\n"
+              "  format (LM loss falls) but not query-passage relevance; README 'Quickstart: what it shows' gives\n"
               "  what was measured and the longer run.")
     return 0 if same else 1

@@ -89,7 +89,7 @@ class LossTerm(Strict):
     params: dict[str, Any] = {}
 
 
-LM_PARAMS = {"importance", "alpha", "normalize", "chunk_size"}
+LM_PARAMS = {"importance", "alpha", "normalize", "chunk_size", "kernel"}
 
 
 class TrainConfig(Strict):

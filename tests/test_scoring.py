@@ -101,3 +101,16 @@ def test_first_ranknet_term_matches_double_loop(setup):
     assert float(nums["ranknet"]) == pytest.approx(total, rel=1e-5)
     dens = obj.denominators(batch)
     assert dens["ranknet"] == 3 and dens["lm"] == batch["lm_targets"].numel()
+
+
+def test_liger_kernel_falls_back_to_chunked_path_on_cpu(setup):
+    tok, model, encs, _ = setup
+    batch = _batch(tok, encs, "right")
+    dec, head = decoder_and_head(model)
+    plain = Objective([LossTerm(name="lm")])
+    liger = Objective([LossTerm(name="lm", params={"kernel": "liger"})])
+    with torch.no_grad():
+        h = hidden_states(dec, batch)
+        a, _ = plain.numerators(h, batch, head.weight, None)
+        b, _ = liger.numerators(h, batch, head.weight, None)
+    assert torch.equal(a["lm"], b["lm"])

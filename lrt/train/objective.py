@@ -47,6 +47,22 @@ class Objective:
         lm = self.lm_params
         self._chunk = int(lm["chunk_size"]) if lm is not None and lm.get("chunk_size") else None
 
+    def _want_liger(self, t: Term, w: torch.Tensor | None, hidden: torch.Tensor) -> bool:
+        """`lm` param `kernel: liger` selects Liger's fused linear cross-entropy on CUDA for the
+        unweighted LM term; elsewhere (CPU, importance weights, no liger) the chunked path runs."""
+        if (t.params or {}).get("kernel", "torch") != "liger":
+            return False
+        ok = hidden.is_cuda and w is None and liger_available()
+        if not ok and not getattr(self, "_warned_liger", False):
+            import logging
+
+            logging.getLogger("lrt").warning(
+                "loss lm kernel=liger needs CUDA, the liger-kernel package and an unweighted lm term: "
+                "using the pure-PyTorch chunked cross-entropy"
+            )
+            self._warned_liger = True
+        return ok
+
     def chunk_rows(self, vocab: int) -> int:
         """LM-loss chunk rows: the recipe's `chunk_size`, else ~64 MiB of fp32 logits per chunk
         (64 rows at Qwen's 152k vocabulary; speed is flat from 64 to 1024 rows, memory is not)."""
@@ -109,8 +125,12 @@ class Objective:
             scores = identifier_scores(hidden, batch["answer_pos"], batch["cand_ids"], weight, bias)
         for t in self.terms:
             if t.kind == "lm":
-                nll = target_nll(hidden, batch, weight, bias, self.chunk_rows(weight.shape[0]))
                 w = self.token_weights(batch)
+                fused = fused_lm_sum(hidden, batch, weight, bias) if self._want_liger(t, w, hidden) else None
+                if fused is not None:
+                    out["lm"] = fused
+                    continue
+                nll = target_nll(hidden, batch, weight, bias, self.chunk_rows(weight.shape[0]))
                 out["lm"] = (nll * w).sum() if w is not None else nll.sum()
             elif t.kind == "lipo":
                 from lrt.losses import lipo_scores
@@ -150,3 +170,24 @@ def identifier_logprobs(
     if bias is not None:
         logits = logits + bias.float()
     return scores - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fused_lm_sum(
+    hidden: torch.Tensor, batch: dict[str, torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Σ NLL over target tokens with Liger's fused linear cross-entropy (CUDA): it never builds
+    the logits either, and computes the head gradient during the forward pass."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    from lrt.scoring import gather_target_hidden
+
+    h = gather_target_hidden(hidden, batch["lm_flat_pos"])
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, h, batch["lm_targets"], bias).float()

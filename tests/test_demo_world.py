@@ -8,7 +8,7 @@ import pytest
 
 from lrt.data.prompts import PromptTemplate, render_prompt, render_target
 from lrt.demo.tokenizer import build_tokenizer
-from lrt.demo.world import World, make_split, ndcg_at_k, write_jsonl
+from lrt.demo.world import World, make_split, list_ndcg, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE = ROOT / "lrt" / "assets" / "tiny-backbone"
@@ -36,7 +36,7 @@ def test_rows_are_valid_listwise_examples() -> None:
             assert sum(w in q for w in c["text"].split()) == g
         differs += ids != r["ranking"]
     assert differs > 150  # the first-stage order is imperfect
-    init = sum(ndcg_at_k(r["relevance"]) for r in rows) / len(rows)
+    init = sum(list_ndcg(r["relevance"]) for r in rows) / len(rows)
     assert 0.7 < init < 0.95
 
 

@@ -145,13 +145,15 @@ def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
     embedding rows, and new tokens land there. The numeral's pieces are averaged with weights
     2^-i by position so that digit-split anagrams (<id_12>, <id_21>) start apart.
     """
-    new_ids: list[int] = list(getattr(tokenizer, "lrt_new_identifier_ids", []))
-    if not new_ids:
-        return
     w = model.get_input_embeddings().weight
     vocab = int(getattr(w, "ds_shape", w.shape)[0])  # ZeRO-3 partitions have shape [0]
+    new_ids: list[int] = list(getattr(tokenizer, "lrt_new_identifier_ids", []))
+    if not new_ids:  # tokens added outside load_tokenizer: the rows past the old matrix are new
+        new_ids = [i for t, i in tokenizer.get_vocab().items() if t.startswith("<id_") and i >= vocab]
     if len(tokenizer) > vocab:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if not new_ids:
+        return
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
     from lrt.train.module import gathered

@@ -369,7 +369,7 @@ def missing_files(r: Recipe) -> list[str]:
     """Local data paths that do not exist (hub ids without a file suffix are left to `datasets`)."""
     out = []
     for key, val in (("data.train", r.data.train), ("data.eval", r.data.eval), ("eval.data", r.eval.data)):
-        if val and not val.startswith("generate:"):
+        if val:
             p = Path(resolve_path(val))
             looks_local = p.suffix in {".jsonl", ".json", ".parquet"} or val.startswith((".", "/", "lrt:"))
             if looks_local and not p.exists():

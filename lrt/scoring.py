@@ -42,10 +42,6 @@ def hidden_states(decoder: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def head_weight(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return head.weight, getattr(head, "bias", None)
-
-
 def identifier_scores(
     hidden: torch.Tensor, answer_pos: torch.Tensor, cand_ids: torch.Tensor, weight: torch.Tensor,
     bias: torch.Tensor | None = None,

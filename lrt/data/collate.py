@@ -174,7 +174,7 @@ def identifier_token_ids(tokenizer: Any, template: PromptTemplate, n: int) -> li
     target, spans = render_target(labels)
     full = prompt + target
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    offsets = _Offsets(enc["offset_mapping"])
     out: list[int] = []
     for lab, (a, b) in zip(labels, spans):
         s, e = len(prompt) + a + 1, len(prompt) + b - 1

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from lrt.config import Recipe, resolve_path
-from lrt.data.collate import Encoded, encode_example
+from lrt.data.collate import encode_example
 from lrt.data.prompts import PromptTemplate, max_candidates
 from lrt.data.schema import ListwiseExample, load_examples
 
@@ -107,5 +107,3 @@ def batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, 
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def as_encoded(row: dict[str, Any]) -> Encoded:
-    return Encoded(**row)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lrt.config import Recipe, dump_recipe
-from lrt.data.collate import ListwiseCollator, identifier_token_ids
+from lrt.data.collate import IdentifierError, ListwiseCollator, identifier_token_ids
 from lrt.data.schema import ListwiseExample
 from lrt.errors import LrtError
 from lrt.export import save_adapter
@@ -118,9 +118,11 @@ class Trainer:
         self.tok = load_tokenizer(recipe, n_identifiers=n)
         self.id_ids = None
         if self.objective.needs_scores or recipe.eval.every or recipe.eval.at_end:
-            self.id_ids = identifier_token_ids(self.tok, self.template, n) if self._single_token_ok(n) else None
-            if self.objective.needs_scores and self.id_ids is None:
-                identifier_token_ids(self.tok, self.template, n)  # raises the clear IdentifierError
+            try:  # probe once; ranking losses need single-token ids, evaluation merely skips without them
+                self.id_ids = identifier_token_ids(self.tok, self.template, n)
+            except IdentifierError:
+                if self.objective.needs_scores:
+                    raise
         rows = encode_all(recipe, self.tok, self.template, self.train_examples,
                           self.id_ids if self.objective.needs_scores else None, self.objective.needs_target)
         self.rows = rows
@@ -168,15 +170,6 @@ class Trainer:
             n = max(n, min(ev, max(len(e.candidates) for e in self.eval_examples)))
         return n
 
-    def _single_token_ok(self, n: int) -> bool:
-        from lrt.data.collate import IdentifierError
-
-        try:
-            identifier_token_ids(self.tok, self.template, n)
-            return True
-        except IdentifierError:
-            return False
-
     def _setup_backend(self) -> None:
         r = self.r
         if self.ds_cfg is None and r.model.quantization is None:  # k-bit weights were placed by device_map
@@ -210,8 +203,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this step's update uses
         sched_before = self.scheduler.last_epoch
         micro = [self.collate([self.rows[i] for i in idx]) for idx in self.sampler.micro_batches(self.step, self.env.rank)]
-        keys = list(self.objective.denominators(micro[0]).keys())
-        local = [sum(self.objective.denominators(b)[k] for b in micro) for k in keys]
+        per_micro = [self.objective.denominators(b) for b in micro]
+        keys = list(per_micro[0])
+        local = [sum(d[k] for d in per_micro) for k in keys]
         dens = dict(zip(keys, self.env.all_reduce_sum(local)))
         scale = float(self.env.world)  # DDP / DeepSpeed average gradients over ranks; we want the global sum
         sums = {k: 0.0 for k in keys}

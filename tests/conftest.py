@@ -11,7 +11,7 @@ for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OF
     os.environ.setdefault(k, v)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data" / "external" / "fullrank"
+FULLRANK_DATA = REPO / "lrt" / "resources" / "data" / "fullrank"
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from lrt.evaluate import compare, evaluate, format_table, main, ndcg_at_k, parse
 from lrt.io import read_qrels, read_run
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "external" / "fullrank"
-PUBLISHED = [  # nDCG@10 with trec_eval semantics (shared/README.md)
+DATA = REPO / "lrt" / "resources" / "data" / "fullrank"
+PUBLISHED = [  # nDCG@10 with trec_eval semantics (lrt/resources/data/fullrank/PROVENANCE.md)
     ("dl19-RankMistral100_top100_passnum-1.txt", "qrels.dl19-passage.txt", 0.7255),
     ("dl19-bm25_top100.txt", "qrels.dl19-passage.txt", 0.5058),
     ("dl20-bm25_top100.txt", "qrels.dl20-passage.txt", 0.4796),
@@ -27,9 +27,9 @@ PUBLISHED = [  # nDCG@10 with trec_eval semantics (shared/README.md)
 
 @pytest.fixture(scope="module")
 def data() -> Path:
-    """The shared real data; CI clones `shared/` beside the repo, so absence is a failure."""
+    """The real public data shipped in the repo (lrt/resources/data/fullrank); absence is a failure."""
     if not (DATA / "qrels.dl19-passage.txt").is_file():
-        pytest.fail(f"shared data missing: {DATA} (expected <repo>/../shared/data/external/fullrank)")
+        pytest.fail(f"shipped data missing: {DATA}")
     return DATA
 
 

@@ -12,7 +12,7 @@ from lrt.prep.importers import import_fullrank, import_trec, read_passages
 
 HERE = Path(__file__).resolve().parent
 ZEPHYR = HERE / "fixtures" / "prep" / "rankzephyr_sample.jsonl"
-FULLRANK = HERE.parents[0].parent / "shared" / "data" / "external" / "fullrank"
+FULLRANK = HERE.parents[0] / "lrt" / "resources" / "data" / "fullrank"
 
 
 # ---------------------------------------------------------------- conversations (RankZephyr / FIRST)
@@ -154,7 +154,7 @@ def test_corpus_formats_and_errors(tmp_path):
 # ---------------------------------------------------------------- TREC run + topics (+ qrels)
 
 def _dl19(**kw):
-    assert FULLRANK.is_dir(), f"missing shared data {FULLRANK}"
+    assert FULLRANK.is_dir(), f"missing shipped data {FULLRANK}"
     return import_trec(str(FULLRANK / "dl19-bm25_top100.txt"), topics=str(FULLRANK / "dl19-topics.json"),
                        corpus=None, synthetic=True, **kw)
 

@@ -16,7 +16,7 @@ from lrt.prep.job import load_job, main, merge, run_shard
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data_prep" / "demo-offline.yaml"
-FULLRANK = REPO.parent / "shared" / "data" / "external" / "fullrank"
+FULLRANK = REPO / "lrt" / "resources" / "data" / "fullrank"
 LABELS = FULLRANK / "msmarco_gpt-4o-2024-08-06_bm25-top100-slidingwindow_9passes.jsonl"
 
 
@@ -83,7 +83,7 @@ def test_kind_typos_strict_types_and_cross_checks(tmp_path):
 
 
 def test_demo_job_reproduces_final_list_and_shards_merge_to_the_same_rows(tmp_path):
-    assert LABELS.is_file(), f"missing shared data {LABELS}"
+    assert LABELS.is_file(), f"missing shipped data {LABELS}"
     final = {json.loads(x)["qid"]: json.loads(x)["final_list"] for x in LABELS.open()}
     one = tmp_path / "one"
     card = run_shard(load_job(DEMO, ["source.limit=40", f"output.dir={one}"]))

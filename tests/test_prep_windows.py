@@ -16,13 +16,13 @@ from lrt.data.schema import Candidate, ListwiseExample
 from lrt.prep.teachers import ScoresTeacher
 from lrt.prep.windows import build_labels, one_pass, passes_needed, schedule
 
-FULLRANK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external" / "fullrank"
+FULLRANK = Path(__file__).resolve().parents[1] / "lrt" / "resources" / "data" / "fullrank"
 LABELS = FULLRANK / "msmarco_gpt-4o-2024-08-06_bm25-top100-slidingwindow_9passes.jsonl"
 
 
 @pytest.fixture(scope="module")
 def gpt4o():
-    assert LABELS.is_file(), f"missing shared data {LABELS}: the fullrank files must sit at <repo>/../shared"
+    assert LABELS.is_file(), f"missing shipped data {LABELS}"
     rows = [json.loads(line) for line in LABELS.open()]
     assert len(rows) == 1000
     examples = [ListwiseExample(r["qid"], "q", [Candidate(d, "p") for d in r["initial_list"]], r["initial_list"])

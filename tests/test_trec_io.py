@@ -11,14 +11,14 @@ import pytest
 from lrt.errors import DataError, LrtError
 from lrt.io import read_corpus, read_qrels, read_run, read_topics, trec_order, write_run
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external" / "fullrank"
+DATA = Path(__file__).resolve().parents[1] / "lrt" / "resources" / "data" / "fullrank"
 
 
 @pytest.fixture(scope="module")
 def data() -> Path:
-    """The shared real data; CI clones `shared/` beside the repo, so absence is a failure."""
+    """The real public data shipped in the repo (lrt/resources/data/fullrank); absence is a failure."""
     if not (DATA / "qrels.dl19-passage.txt").is_file():
-        pytest.fail(f"shared data missing: {DATA} (expected <repo>/../shared/data/external/fullrank)")
+        pytest.fail(f"shipped data missing: {DATA}")
     return DATA
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from lrt.config import PACKAGE_DIR, load_recipe
 from lrt.errors import LrtError
 
-RECIPE = PACKAGE_DIR.parent / "recipes" / "quickstart.yaml"
+RECIPE = PACKAGE_DIR / "resources" / "recipes" / "quickstart.yaml"
 # The demo task (see lrt/assets/tiny-backbone/README.md for how these were chosen and measured).
 TASK = {"n_candidates": 5, "query_words": 1, "passage_len": (4, 6)}
 SPLITS = {"train": (20000, 11), "eval": (500, 12)}  # (queries, seed): disjoint random streams

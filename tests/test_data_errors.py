@@ -47,9 +47,10 @@ def test_truncated_jsonl_line(tmp_path):
 
 
 def test_skip_counts_every_bad_row(tmp_path):
-    p = write(tmp_path, [GOOD, {**GOOD, "ranking": ["a"]}, GOOD, {**GOOD, "query": ""}], raw_tail='{"trunc')
+    p = write(tmp_path, [GOOD, {**GOOD, "ranking": ["a"]}, {**GOOD, "qid": "2"}, {**GOOD, "query": ""}, GOOD],
+              raw_tail='{"trunc')
     exs, report = load_examples(p, on_invalid="skip")
-    assert len(exs) == 2 and report.skipped == 3 and report.total == 5
+    assert len(exs) == 2 and report.skipped == 4 and report.total == 6  # the repeated qid "1" is skipped too
     assert "skipped" in report.summary()
 
 

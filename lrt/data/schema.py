@@ -7,6 +7,7 @@ naming `file:line` or, with `on_invalid="skip"`, counts what it skipped: nothing
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from lrt.errors import DataError
 from lrt.io.atomic import atomic_write
 
 OnInvalid = Literal["error", "skip"]
+CANDIDATE_KEYS = frozenset({"docid", "text", "title"})
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class ListwiseExample:
     candidates: list[Candidate]
     ranking: list[str]
     relevance: list[float] | None = None  # aligned with `candidates`
+    # every judged document of the query (TREC qrels, incl. ones not among the candidates):
+    # in-training evaluation then gives trec_eval's nDCG, not one rebuilt from the candidates
+    qrels: dict[str, int] | None = None
 
     def ranks(self) -> list[int]:
         """1-based teacher rank of each candidate, in display order (integer labels, never logits)."""
@@ -53,6 +59,8 @@ class ListwiseExample:
         }
         if self.relevance is not None:
             row["relevance"] = list(self.relevance)
+        if self.qrels is not None:
+            row["qrels"] = dict(self.qrels)
         return row
 
 
@@ -95,9 +103,9 @@ def example_from_row(row: Any, max_candidates: int | None = None) -> ListwiseExa
     if not isinstance(row, dict):
         raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
     problems: list[str] = []
-    unknown = set(row) - {"qid", "query", "candidates", "ranking", "relevance"}
+    unknown = set(row) - {"qid", "query", "candidates", "ranking", "relevance", "qrels"}
     if unknown:
-        problems.append(f"unknown field(s) {sorted(unknown)}; allowed: qid, query, candidates, ranking, relevance")
+        problems.append(f"unknown field(s) {sorted(unknown)}; allowed: qid, query, candidates, ranking, relevance, qrels")
     qid = _str_field(row, "qid", problems)
     query = _str_field(row, "query", problems)
     cands_raw = row.get("candidates")
@@ -106,15 +114,28 @@ def example_from_row(row: Any, max_candidates: int | None = None) -> ListwiseExa
         problems.append("`candidates` must be a non-empty list of {docid, text[, title]}")
     else:
         for i, c in enumerate(cands_raw):
-            if not isinstance(c, dict) or not isinstance(c.get("docid"), (str, int)):
+            docid = c.get("docid") if isinstance(c, dict) else None
+            if not isinstance(docid, (str, int)) or isinstance(docid, bool):
                 problems.append(f"candidates[{i}] needs a string `docid`")
+                continue
+            if not str(docid).strip():
+                problems.append(f"candidates[{i}] has an empty `docid`")
+                continue
+            extra = set(c) - CANDIDATE_KEYS
+            if extra:  # as strict as the top level: a typo such as `txt` must not vanish
+                problems.append(f"candidates[{i}] (docid {docid}) has unknown field(s) {sorted(extra)}; "
+                                "allowed: docid, text, title")
                 continue
             text = c.get("text")
             if not isinstance(text, str) or not text.strip():
-                problems.append(f"candidates[{i}] (docid {c['docid']}) has empty or missing `text`")
+                problems.append(f"candidates[{i}] (docid {docid}) has empty or missing `text`")
                 continue
             title = c.get("title")
-            cands.append(Candidate(str(c["docid"]), text, title if isinstance(title, str) and title else None))
+            if title is not None and not isinstance(title, str):
+                problems.append(f"candidates[{i}] (docid {docid}) `title` must be a string or null "
+                                f"(got {type(title).__name__})")
+                continue
+            cands.append(Candidate(str(docid), text, title or None))
     docids = [c.docid for c in cands]
     dups = [d for d, n in Counter(docids).items() if n > 1]
     if dups:
@@ -122,7 +143,8 @@ def example_from_row(row: Any, max_candidates: int | None = None) -> ListwiseExa
     if max_candidates is not None and len(cands_raw or []) > max_candidates:
         problems.append(
             f"{len(cands_raw)} candidates but the identifier scheme allows at most {max_candidates} "
-            "(use prompt.identifiers=special or numeric, or cut the list with data.max_candidates)"
+            "(use prompt.identifiers=special or numeric, or cut each list to its first N candidates "
+            "with data.window=N)"
         )
     ranking_raw = row.get("ranking")
     ranking: list[str] = []
@@ -145,11 +167,30 @@ def example_from_row(row: Any, max_candidates: int | None = None) -> ListwiseExa
         ):
             problems.append("`relevance` must be a list of numbers aligned with `candidates`")
             rel = None
+        elif not all(math.isfinite(x) for x in rel):
+            bad = [i for i, x in enumerate(rel) if not math.isfinite(x)][:5]
+            problems.append(f"`relevance` must be finite numbers (NaN/Infinity at position(s) {bad})")
+            rel = None
         else:
             rel = [float(x) for x in rel]
+    qrels = _qrels_field(row.get("qrels"), problems)
     if problems:
         raise ValueError("; ".join(problems))
-    return ListwiseExample(qid, query, cands, ranking, rel)
+    return ListwiseExample(qid, query, cands, ranking, rel, qrels)
+
+
+def _qrels_field(raw: Any, problems: list[str]) -> dict[str, int] | None:
+    """`qrels`: {docid: integer grade} (JSON), or [{docid, relevance}] (how Parquet stores it)."""
+    if raw is None:
+        return None
+    if isinstance(raw, list) and all(isinstance(x, dict) and set(x) == {"docid", "relevance"} for x in raw):
+        raw = {x["docid"]: x["relevance"] for x in raw}
+    if not isinstance(raw, dict) or not all(
+        isinstance(g, int) and not isinstance(g, bool) or isinstance(g, float) and g.is_integer() for g in raw.values()
+    ):
+        problems.append("`qrels` must map docid -> integer grade (every judged document of the query, as in TREC qrels)")
+        return None
+    return {str(d): int(g) for d, g in raw.items()}
 
 
 class _BadLine(str):
@@ -157,8 +198,15 @@ class _BadLine(str):
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    """Streamed line by line in binary, so a non-UTF-8 byte is reported at its own line."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, _BadLine(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                       "re-encode the file as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:
@@ -169,27 +217,71 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, _BadLine(f"invalid JSON: {e.msg} at column {e.colno}{hint}")
 
 
+def _not_a_file(path: Path) -> DataError | None:
+    if not path.exists():
+        return DataError(f"{path}: data file not found (check data.train / data.eval paths)")
+    if path.is_dir():
+        return DataError(f"{path}: is a directory, not a {path.suffix} data file; point the recipe at the file "
+                         "itself (a directory of .parquet files is read as one data set)")
+    return None
+
+
+def _iter_parquet(files: list[Path]) -> Iterator[tuple[str, Any]]:
+    """Rows streamed batch by batch: validating a large file never holds it in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for f in files:
+        i = 0
+        try:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    i += 1
+                    yield f"{f}:row {i}", row
+        except (pa.ArrowException, OSError) as e:
+            where = f"{f}:row {i + 1}" if i else str(f)
+            raise DataError(f"{where}: not a readable Parquet file ({type(e).__name__}: {e}); re-write it "
+                            "(e.g. with lrt.data.schema.write_examples)") from None
+
+
 def _iter_source(source: str, split: str) -> Iterator[tuple[str, Any]]:
     """Yield (location, row) from a JSONL/JSON/Parquet file or any `datasets` source."""
     path = Path(source)
     if path.suffix == ".jsonl":
-        if not path.exists():
-            raise DataError(f"{source}: data file not found (check data.train / data.eval paths)")
-        for lineno, row in _iter_jsonl(path):
-            yield f"{path}:{lineno}", row
+        err = _not_a_file(path)
+        if err:
+            raise err
+        try:
+            for lineno, row in _iter_jsonl(path):
+                yield f"{path}:{lineno}", row
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         return
     if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-        import pyarrow.parquet as pq
-
-        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-        if not files or not all(f.exists() for f in files):
-            raise DataError(f"{source}: parquet file not found")
-        for f in files:
-            for i, row in enumerate(pq.read_table(f).to_pylist(), 1):
-                yield f"{f}:row {i}", row
+        if path.is_dir():
+            files = sorted(path.glob("*.parquet"))
+            if not files:
+                raise DataError(f"{path}: is a directory without .parquet files; point the recipe at the data file")
+        else:
+            err = _not_a_file(path)
+            if err:
+                raise err
+            files = [path]
+        yield from _iter_parquet(files)
         return
     if path.suffix == ".json" and path.exists():
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        err = _not_a_file(path)
+        if err:
+            raise err
+        try:
+            rows = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 (byte offset {e.start}); re-encode the file as UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} at column {e.colno}; fix the file "
+                            "(or write one row per line as .jsonl)") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON array of rows (or use .jsonl)")
         for i, row in enumerate(rows, 1):
@@ -207,6 +299,40 @@ def _iter_source(source: str, split: str) -> Iterator[tuple[str, Any]]:
         yield f"{source}[{split}]:row {i}", row
 
 
+def iter_examples(
+    source: str | os.PathLike,
+    report: SkipReport,
+    *,
+    on_invalid: OnInvalid = "error",
+    max_candidates: int | None = None,
+    split: str = "train",
+    unique_qids: bool = True,
+) -> Iterator[ListwiseExample]:
+    """Stream validated rows; raise on the first bad row or skip-and-count it in `report`.
+
+    Only the qids seen so far are kept (to reject repeats with both locations), so a whole file can
+    be checked without loading it.
+    """
+    seen: dict[str, str] = {}
+    for where, row in _iter_source(str(source), split):
+        report.total += 1
+        try:
+            if isinstance(row, _BadLine):
+                raise ValueError(str(row))
+            ex = example_from_row(row, max_candidates)
+            if unique_qids:
+                if ex.qid in seen:
+                    raise ValueError(f"duplicate qid {ex.qid!r} (first at {seen[ex.qid]}); every query must "
+                                     "appear once (rankings, evaluation and resume are keyed by qid)")
+                seen[ex.qid] = where
+        except ValueError as e:
+            if on_invalid == "error":
+                raise DataError(f"{where}: {e} (fix the row, or set data.on_invalid=skip to count and skip it)") from None
+            report.add(where, str(e))
+            continue
+        yield ex
+
+
 def load_examples(
     source: str | os.PathLike,
     *,
@@ -218,21 +344,35 @@ def load_examples(
     """Load and validate canonical rows; raise on the first bad row or skip-and-count them."""
     report = SkipReport()
     out: list[ListwiseExample] = []
-    for where, row in _iter_source(str(source), split):
-        report.total += 1
-        try:
-            if isinstance(row, _BadLine):
-                raise ValueError(str(row))
-            out.append(example_from_row(row, max_candidates))
-        except ValueError as e:
-            if on_invalid == "error":
-                raise DataError(f"{where}: {e} (fix the row, or set data.on_invalid=skip to count and skip it)") from None
-            report.add(where, str(e))
+    for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split):
+        out.append(ex)
         if limit is not None and len(out) >= limit:
             break
     if not out:
-        raise DataError(f"{source}: no valid rows ({report.summary()})")
+        _no_rows(source, report)
     return out, report
+
+
+def _no_rows(source: str | os.PathLike, report: SkipReport) -> None:
+    if report.total == 0:
+        raise DataError(f"{source}: no rows (the file is empty); check that data prep wrote it")
+    raise DataError(f"{source}: no valid rows ({report.summary()})")
+
+
+def validate_source(
+    source: str | os.PathLike,
+    *,
+    on_invalid: OnInvalid = "error",
+    max_candidates: int | None = None,
+    split: str = "train",
+) -> tuple[int, SkipReport]:
+    """Check every row of a source, streaming (nothing kept but qids): (valid rows, skip report)."""
+    report = SkipReport()
+    n = sum(1 for _ in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates,
+                                     split=split))
+    if n == 0:
+        _no_rows(source, report)
+    return n, report
 
 
 def write_examples(examples: Iterable[ListwiseExample], path: str | os.PathLike) -> Path:
@@ -243,6 +383,8 @@ def write_examples(examples: Iterable[ListwiseExample], path: str | os.PathLike)
     if path.suffix == ".parquet":  # Arrow needs one schema: give every row every optional field
         for r in rows:
             r.setdefault("relevance", None)
+            q = r.get("qrels")  # a struct per docid would not share one schema: store pairs
+            r["qrels"] = None if q is None else [{"docid": d, "relevance": g} for d, g in q.items()]
             for c in r["candidates"]:
                 c.setdefault("title", None)
     def write(fh: Any) -> None:

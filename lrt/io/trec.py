@@ -28,7 +28,8 @@ def _open(path: PathLike) -> TextIO:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: file not found (or not a regular file); check the path")
-    return gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")
+    # utf-8-sig: a BOM written by Windows tools would otherwise glue itself to the first qid
+    return gzip.open(p, "rt", encoding="utf-8-sig") if p.suffix == ".gz" else open(p, encoding="utf-8-sig")
 
 
 def _lines(path: PathLike, comments: bool = False) -> Iterator[tuple[int, str]]:

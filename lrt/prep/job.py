@@ -62,6 +62,32 @@ def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0) -> Import
     return import_canonical(s.path, **kw)
 
 
+def teacher_problems(cfg: JobCfg) -> list[str]:
+    """Teacher settings that are valid YAML but cannot work, found before anything is imported or paid."""
+    from lrt.config import resolve_path
+
+    t, out = cfg.teacher, []
+    if t.kind == "openai":
+        from lrt.prep.openai_teacher import check_base_url
+        try:
+            check_base_url(t.base_url)
+        except LrtError as e:
+            out.append(str(e))
+    if t.kind == "scores":
+        p = Path(resolve_path(t.path))
+        if not p.is_file():
+            what = "is a directory" if p.is_dir() else "not found"
+            out.append(f"teacher.path: {t.path}: {what}; give the {t.format} file whose scores rank the windows")
+    return out
+
+
+def check_job(cfg: JobCfg) -> None:
+    problems = teacher_problems(cfg)
+    if problems:
+        raise LrtError("; ".join(problems) if len(problems) == 1
+                       else f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
 def make_teacher(cfg: JobCfg) -> Teacher | None:
     """The configured teacher (None for `kind: none`); heavy imports only for the kind in use."""
     t, p = cfg.teacher, cfg.prompt
@@ -102,11 +128,24 @@ def _cut(ex: ListwiseExample, n: int | None) -> ListwiseExample:
 
 
 def run_shard(cfg: JobCfg, *, num_shards: int = 1, shard_id: int = 0, force: bool = False) -> dict:
-    """Run one shard end to end and return its card (also written to `cards/`)."""
+    """Run one shard end to end and return its card (also written to `cards/`).
+
+    The shard is locked for the whole run: a second process on the same shard is refused (naming
+    the holder) instead of paying for the same windows and deleting the first one's temp files.
+    """
     if not 0 <= shard_id < num_shards:
         raise LrtError(f"--shard-id {shard_id} must be in [0, {num_shards})")
+    check_job(cfg)
+    out, name = Path(cfg.output.dir), output.part_name(shard_id, num_shards)
+    if out.exists() and not out.is_dir():
+        raise LrtError(f"output.dir {str(out)!r} is a file; give a directory")
+    with output.ShardLock(out, name):
+        return _run_locked(cfg, out, name, num_shards, shard_id, force)
+
+
+def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: int, force: bool) -> dict:
     t0 = time.time()
-    out, name, fp = Path(cfg.output.dir), output.part_name(shard_id, num_shards), fingerprint(cfg)
+    fp = fingerprint(cfg)
     card_path = out / "cards" / f"{name}.json"
     old = output.read_card(card_path)
     if old is not None and not force:  # a finished shard with failed queries is re-run to retry them
@@ -119,7 +158,7 @@ def run_shard(cfg: JobCfg, *, num_shards: int = 1, shard_id: int = 0, force: boo
                 output.merge(out)
             return old
     card_path.unlink(missing_ok=True)  # a forced redo must not look finished while it runs
-    output.clean_stale_temps(out)
+    output.clean_stale_temps(out, name)
     teacher = make_teacher(cfg)  # first: a missing API key or model fails before a big corpus is read
     imp = import_source(cfg, num_shards, shard_id)
     examples = [_cut(e, cfg.labels.max_candidates) for e in imp.examples]
@@ -198,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         args = _parser().parse_intermixed_args(argv)
         cfg = load_job(args.job, args.overrides)
+        check_job(cfg)
         if args.check:
             print(cfg.model_dump_json(indent=2))
             return 0

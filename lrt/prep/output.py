@@ -5,6 +5,7 @@ Layout of `output.dir`:
     calls/part-00000-of-00004.parquet    one row per teacher window call (audit / window baselines)
     cards/part-00000-of-00004.json       provenance + counts; written LAST: its presence = shard done
     cache/part-00000-of-00004.sqlite     teacher answers (resume without paying twice)
+    locks/part-00000-of-00004.lock       held (flock) by the process working on the shard: pid, host
     data.parquet, card.json              after `merge` (or automatically with a single shard)
 Every file is written to a temp file in the same directory, fsynced and `os.replace`d.
 """
@@ -12,7 +13,12 @@ from __future__ import annotations
 
 from lrt.io.atomic import atomic_write  # noqa: F401  (re-exported for lrt.prep users)
 
+import errno
+import fcntl
 import json
+import os
+import socket
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,11 +59,13 @@ def example_schema() -> Any:
 
     cand = pa.struct([("docid", pa.string()), ("text", pa.string()), ("title", pa.string())])
     return pa.schema([("qid", pa.string()), ("query", pa.string()), ("candidates", pa.list_(cand)),
-                      ("ranking", pa.list_(pa.string())), ("relevance", pa.list_(pa.float64()))])
+                      ("ranking", pa.list_(pa.string())), ("relevance", pa.list_(pa.float64())),
+                      ("qrels", pa.list_(pa.struct([("docid", pa.string()), ("relevance", pa.int64())])))])
 
 
 def write_examples(path: Path, examples: Sequence[ListwiseExample]) -> Path:
     rows = [{"qid": e.qid, "query": e.query, "ranking": e.ranking, "relevance": e.relevance,
+             "qrels": None if e.qrels is None else [{"docid": d, "relevance": g} for d, g in e.qrels.items()],
              "candidates": [{"docid": c.docid, "text": c.text, "title": c.title} for c in e.candidates]}
             for e in examples]
     return write_parquet(path, rows, example_schema())
@@ -67,13 +75,66 @@ def write_calls(path: Path, calls: Sequence[WindowCall]) -> Path:
     return write_parquet(path, [vars(c) for c in calls], call_schema())  # shallow: asdict deep-copies
 
 
-def clean_stale_temps(out_dir: Path) -> int:
-    """Remove temp files a killed run left behind (they never carry a final name)."""
+def clean_stale_temps(out_dir: Path, name: str | None = None) -> int:
+    """Remove temp files a killed run left behind (they never carry a final name).
+
+    With `name`, only that shard's (under its lock): other shards may be writing theirs right now.
+    """
     n = 0
-    for p in out_dir.glob("*/.*.tmp"):
+    for p in out_dir.glob(f"*/.{name}.*.tmp" if name else "*/.*.tmp"):
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+class ShardLock:
+    """An exclusive `flock` on `locks/<shard>.lock` while one process works on a shard.
+
+    A second `lrt prep` on the same shard would pay for the same windows and could delete the first
+    one's temp files, so it is refused, naming the holder (pid, host, start time) written into the
+    lock file. The kernel drops the lock when the holder exits or is killed, so a crashed run
+    never leaves a stale lock behind. (On NFS, flock needs a v4 mount with working locks.)
+    """
+
+    def __init__(self, out_dir: Path, name: str) -> None:
+        self.path = Path(out_dir) / "locks" / f"{name}.lock"
+        self.name = name
+        self.fd: int | None = None
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on host {info['host']}, since {info['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that is just starting (pid not yet written)"
+
+    def __enter__(self) -> "ShardLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LrtError(f"{self.path}: cannot create the shard lock ({e.strerror or e}); "
+                           "check that output.dir is a writable directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LrtError(f"{self.path}: cannot lock ({e.strerror or e})") from None
+            raise LrtError(f"{self.path.parent.parent}: shard {self.name} is already being prepared by "
+                           f"{self._holder()}; wait for that run to finish (or stop it) instead of starting "
+                           "a second one on the same output.dir: both would pay for the same teacher calls"
+                           ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the flock; the file stays (removing it would race a waiter)
+            self.fd = None
 
 
 def read_card(path: Path) -> dict | None:

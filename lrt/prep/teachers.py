@@ -100,7 +100,6 @@ class ScoresTeacher:
     """
 
     kind = "scores"
-    free = True  # answers cost nothing: the cache may commit them per batch instead of per answer
 
     def __init__(self, scores: Mapping[str, Mapping[str, float]], *, source: str, scheme: Scheme = "numeric",
                  delay_s: float = 0.0, missing_score: float | None = None) -> None:

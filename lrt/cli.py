@@ -25,6 +25,10 @@ commands:
   bench ...                         benchmarks (lrt bench -h)
 """
 
+  recipes list | copy NAME DEST     list the shipped recipes/prep jobs/launch files; copy one out
+
+options:
+  -V, --version                     print lrt's version
 
 def _validate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lrt validate", description="Validate a recipe without training.")
@@ -49,8 +53,12 @@ def _train(argv: list[str]) -> int:
     a = p.parse_intermixed_args(argv)  # options may come before or after the overrides
     from lrt.config import load_recipe
 
-    recipe = load_recipe(a.recipe, a.overrides)  # validate before spawning anything
-    if a.nproc_per_node and "LOCAL_RANK" not in os.environ:
+    from lrt.launch import dry_run
+
+    relaunch = bool(a.nproc_per_node) and "LOCAL_RANK" not in os.environ
+    # validate before spawning anything; a dry run only prints the command, so data need not exist yet
+    recipe = load_recipe(a.recipe, a.overrides, check_files=not (relaunch and dry_run()))
+    if relaunch:
         from lrt.launch import relaunch_torchrun
 
         return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes)
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "datasets", "DeepSpeed", "torch.distributed"):
+    "recipes": _lazy("lrt.recipes_cli"),
+    "plot": _lazy("lrt.plot"),
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

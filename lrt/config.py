@@ -5,21 +5,18 @@ fail too; every problem is collected and reported at once as one `ConfigError` (
 """
 from __future__ import annotations
 
+import copy
 import difflib
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lrt import configio
+from lrt.configio import PACKAGE_DIR, resolve_path  # noqa: F401  (re-exported: lrt.config.resolve_path)
 from lrt.errors import ConfigError
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def resolve_path(p: str) -> str:
-    """`lrt:assets/x` -> a path inside the installed package; anything else is returned as is."""
-    return str(PACKAGE_DIR / p[4:]) if p.startswith("lrt:") else p
 
 
 class Strict(BaseModel):
@@ -67,6 +64,11 @@ class DataConfig(Strict):
     padding_side: Literal["left", "right"] = "right"
     limit: int | None = Field(None, gt=0)
     num_proc: int = Field(1, ge=1)
+    # tokenised cache (lrt.data.cache): built once, memory-mapped by every rank
+    cache: bool = True
+    cache_dir: str | None = Field(None, description="default <output_dir>/data-cache; share it between runs")
+    group_by_length: bool | None = Field(None, description="default: on when train.per_device_batch_size > 1")
+    num_workers: int = Field(0, ge=0, description="DataLoader processes collating batches ahead of the step")
 
 
 class PromptConfig(Strict):
@@ -85,7 +87,7 @@ class LossTerm(Strict):
     """One weighted term of the objective: `lm` or any registered ranking loss."""
 
     name: str
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, gt=0, le=1e6)
     params: dict[str, Any] = {}
 
 
@@ -93,15 +95,15 @@ LM_PARAMS = {"importance", "alpha", "normalize", "chunk_size", "kernel"}
 
 
 class TrainConfig(Strict):
-    seed: int = 42
-    epochs: float = Field(1.0, gt=0)
+    seed: int = Field(42, ge=0, lt=2**32, description="random, numpy and torch seed (numpy needs < 2**32)")
+    epochs: float = Field(1.0, gt=0, le=1e6)
     max_steps: int | None = Field(None, gt=0)
     per_device_batch_size: int = Field(1, gt=0)
     grad_accum: int = Field(1, gt=0)
-    lr: float = Field(5e-6, gt=0)
+    lr: float = Field(5e-6, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1.0)
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
@@ -111,6 +113,8 @@ class TrainConfig(Strict):
     save_every: int | None = Field(None, gt=0)
     keep_last: int = Field(2, gt=0)
     resume: str = "none"  # none | auto | path to a checkpoint directory
+    overwrite_output_dir: bool = False  # a fresh run may replace a previous run's checkpoints/metrics in output_dir
+    on_nonfinite: Literal["stop", "skip"] = "stop"  # non-finite loss/grad norm: stop, or skip that update
     deepspeed: str | None = None
     log_every: int = Field(10, gt=0)
     save_final: bool = True
@@ -118,6 +122,7 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     data: str | None = None  # defaults to data.eval
+    qrels: str | None = None  # TREC qrels file: trec_eval-exact eval/nDCG@10 (else the rows' own `qrels`)
     every: int | None = Field(None, gt=0)
     at_start: bool = True
     at_end: bool = True
@@ -129,7 +134,9 @@ class EvalConfig(Strict):
 
 
 class LogConfig(Strict):
-    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    # trackers besides metrics.jsonl; env LRT_REPORT_TO (comma list or "none") wins over this list
+    report_to: list[Literal["wandb", "tensorboard", "trackio", "mlflow"]] = Field(default_factory=list)
+    wandb: Literal["disabled", "offline", "online"] = "disabled"  # wandb's mode (env WANDB_MODE wins); not disabled = in report_to
     project: str = "lrt"
     run_name: str | None = None
     progress: bool = True
@@ -147,7 +154,7 @@ class Recipe(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
-    output_dir: str
+    output_dir: str = Field(min_length=1)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "Recipe":
@@ -196,7 +203,10 @@ def cross_field_problems(r: Recipe) -> list[str]:
     if r.train.resume not in ("none", "auto") and not Path(r.train.resume).exists():
         out.append(f"train.resume: checkpoint {r.train.resume!r} does not exist (use auto, none or a checkpoint dir)")
     if r.train.deepspeed and not Path(resolve_path(r.train.deepspeed)).exists():
-        out.append(f"train.deepspeed: file {r.train.deepspeed!r} not found (see launch/ds_zero*.json)")
+        out.append(f"train.deepspeed: file {r.train.deepspeed!r} not found (shipped: lrt:resources/launch/ds_zero2.json, "
+                   "ds_zero3.json, ds_zero3_offload.json)")
+    if r.output_dir and Path(r.output_dir).exists() and not Path(r.output_dir).is_dir():
+        out.append(f"output_dir: {r.output_dir!r} is a file, not a directory; choose a directory path")
     if r.train.optimizer == "adamw8bit" and r.train.deepspeed:
         out.append("train.optimizer=adamw8bit is not used under DeepSpeed (it builds its own optimizer)")
     return out
@@ -235,129 +245,45 @@ def _loss_problems(terms: list[LossTerm]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# loading
+# loading (the machinery is shared with prep jobs: lrt/configio.py)
+
+# path-valued keys: "path" is always local; "maybe_hub" may be a Hugging Face hub id. Relative values
+# resolve against the recipe file's directory (overrides: the current directory). Add new path keys here.
+PATH_FIELDS: dict[str, str] = {
+    "model.name_or_path": "maybe_hub", "model.tokenizer": "maybe_hub",
+    "data.train": "maybe_hub", "data.eval": "maybe_hub", "eval.data": "maybe_hub", "eval.qrels": "path",
+    "train.deepspeed": "path", "train.resume": "resume", "output_dir": "path", "data.cache_dir": "path",
+}
 
 
-def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the sub-model at `loc` (for did-you-mean on unknown keys)."""
-    cur: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(cur, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        for cand in getattr(ann, "__args__", ()) + (ann,):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                cur = cand
-                break
-            inner = getattr(cand, "__args__", ())
-            sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
-            if sub is not None:
-                cur = sub
-                break
-        else:
-            return []
-    return list(getattr(cur, "model_fields", {}))
-
-
-def _format_errors(err: ValidationError) -> list[str]:
-    out: list[str] = []
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        if e["type"] == "extra_forbidden":
-            names = _field_names(Recipe, loc)
-            hint = difflib.get_close_matches(str(loc[-1]), names, n=1)
-            msg = f"{path}: unknown key" + (f" (did you mean {'.'.join(map(str, loc[:-1] + (hint[0],)))!r}?)" if hint else "")
-            if names:
-                msg += f"; allowed here: {', '.join(names)}"
-            out.append(msg)
-        elif e["type"] == "value_error" and not loc:
-            out.extend(str(e["msg"]).removeprefix("Value error, ").split("\n"))
-        else:
-            out.append(f"{path or '(top level)'}: {e['msg']} (got {e.get('input')!r})"[:400])
-    return out
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`train.lr=1e-5`, `loss[1].weight=5`, `model.lora=null`: values are parsed as YAML scalars."""
-    problems: list[str] = []
-    for ov in overrides:
-        if "=" not in ov:
-            problems.append(f"override {ov!r}: expected KEY=VALUE, e.g. train.lr=1e-5")
-            continue
-        key, val = ov.split("=", 1)
-        try:
-            value = yaml.safe_load(val) if val != "" else ""
-        except yaml.YAMLError:
-            value = val
-        cur: Any = raw
-        parts = _split_key(key)
-        for p in parts[:-1]:
-            if isinstance(p, int):
-                if not isinstance(cur, list) or p >= len(cur):
-                    problems.append(f"override {key}: index [{p}] out of range")
-                    break
-                cur = cur[p]
-            else:
-                if not isinstance(cur, dict):
-                    problems.append(f"override {key}: {p!r} is not a section")
-                    break
-                cur = cur.setdefault(p, {})
-        else:
-            last = parts[-1]
-            if isinstance(last, int):
-                if isinstance(cur, list) and last < len(cur):
-                    cur[last] = value
-                else:
-                    problems.append(f"override {key}: index [{last}] out of range")
-            else:
-                cur[last] = value
+def apply_overrides(raw: dict[str, Any], overrides: list[str], base: Path | None = None) -> dict[str, Any]:
+    """`train.lr=1e-5`, `loss[1].weight=5`, `model.lora=null`: values are parsed as YAML scalars;
+    path values are relative to the current directory (or `base`)."""
+    problems = configio.apply_overrides(raw, overrides, "train.lr=1e-5", base, PATH_FIELDS)
     if problems:
         raise ConfigError(problems, "overrides")
     return raw
 
 
-def _split_key(key: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for chunk in key.split("."):
-        while "[" in chunk:
-            name, rest = chunk.split("[", 1)
-            if name:
-                parts.append(name)
-            idx, chunk = rest.split("]", 1)
-            parts.append(int(idx))
-        if chunk:
-            parts.append(chunk)
-    return parts
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> Recipe:
-    """Read, override, validate. Raises ConfigError listing every problem."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError([f"recipe file {str(path)!r} not found"], str(path))
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError([f"invalid YAML{where}: {getattr(e, 'problem', e)}"], str(path)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(["the recipe must be a mapping of sections (model, data, ...)"], str(path))
+    """Read, override, validate. Raises ConfigError listing every problem.
+
+    Relative paths in the file resolve against the file's directory; in `overrides`, against the
+    current directory."""
+    raw = configio.read_mapping(path, "recipe", "model, data, prompt, loss, train, eval, log, output_dir")
+    configio.anchor_fields(raw, PATH_FIELDS, Path(os.path.dirname(os.path.abspath(str(path)))))
     return recipe_from_dict(raw, overrides or [], str(path), check_files)
 
 
-def recipe_from_dict(raw: dict[str, Any], overrides: list[str], source: str = "recipe", check_files: bool = True) -> Recipe:
-    if any(o.startswith("loss[") for o in overrides) and "loss" not in raw:
+def recipe_from_dict(raw: dict[str, Any], overrides: list[str], source: str = "recipe", check_files: bool = True,
+                     base: Path | None = None) -> Recipe:
+    """Validate a recipe given as a dict; its relative paths resolve against `base` (default: cwd)."""
+    raw = copy.deepcopy(raw)
+    if any(o.startswith(("loss[", "loss.")) for o in overrides) and "loss" not in raw:
         raw["loss"] = [t.model_dump() for t in _default_loss()]  # so `loss[1].weight=5` edits the default
-    raw = apply_overrides(raw, overrides)
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e), source) from None
+    configio.anchor_fields(raw, PATH_FIELDS, base or Path.cwd())
+    problems = configio.apply_overrides(raw, overrides, "train.lr=1e-5", None, PATH_FIELDS)
+    recipe = configio.validate(Recipe, raw, source, problems)
     if check_files:
         problems = missing_files(recipe)
         if problems:
@@ -368,6 +294,8 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[str], source: str = "r
 def missing_files(r: Recipe) -> list[str]:
     """Local data paths that do not exist (hub ids without a file suffix are left to `datasets`)."""
     out = []
+    if r.eval.qrels and not Path(resolve_path(r.eval.qrels)).is_file():
+        out.append(f"eval.qrels: file {r.eval.qrels!r} not found")
     for key, val in (("data.train", r.data.train), ("data.eval", r.data.eval), ("eval.data", r.eval.data)):
         if val:
             p = Path(resolve_path(val))

@@ -86,6 +86,25 @@ def _device_map(r: Recipe) -> Any:
     return {"": "cpu"}
 
 
+def _apply_config_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
+    """Set `model.config_overrides` on a model config; a value of another type than the config's own
+    (e.g. a string for `num_hidden_layers`) is a user error, reported by key."""
+    bad = []
+    for k, v in overrides.items():
+        cur = getattr(cfg, k, None)
+        num = (int, float)
+        if cur is not None and not isinstance(cur, bool) and isinstance(cur, num) and (isinstance(v, bool) or not isinstance(v, num)):
+            bad.append(f"{k}={v!r} (expected a number like {cur!r})")
+        elif isinstance(cur, bool) and not isinstance(v, bool):
+            bad.append(f"{k}={v!r} (expected true or false)")
+        elif isinstance(cur, int) and not isinstance(cur, bool) and isinstance(v, float) and not v.is_integer():
+            bad.append(f"{k}={v!r} (expected an integer like {cur!r})")
+    if bad:
+        raise LrtError(f"model.config_overrides: wrong type for {', '.join(bad)}")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+
+
 def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
     """The causal LM, resized for added identifier tokens, with QLoRA preparation, gradient
     checkpointing, LoRA and NEFTune applied (in that order: each step needs the previous one)."""
@@ -97,9 +116,12 @@ def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
     try:
         if r.model.init == "from_config":
             cfg = AutoConfig.from_pretrained(src, trust_remote_code=r.model.trust_remote_code)
-            for k, v in r.model.config_overrides.items():
-                setattr(cfg, k, v)
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+            _apply_config_overrides(cfg, r.model.config_overrides)
+            try:
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+            except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+                raise LrtError(f"model.config_overrides: the model cannot be built with "
+                               f"{r.model.config_overrides} ({type(e).__name__}: {e}); fix the values") from None
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 src, dtype=dtype, attn_implementation=attn, trust_remote_code=r.model.trust_remote_code,

@@ -6,13 +6,13 @@ problems (YAML, overrides, types, cross-field rules) are reported together in on
 """
 from __future__ import annotations
 
-import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from lrt import configio
 from lrt.data.prompts import ALPHA_MAX, PRESETS, PromptTemplate
 from lrt.errors import ConfigError
 
@@ -30,7 +30,8 @@ class _Rows(_Strict):
 
 class ConversationsSource(_Rows):
     kind: Literal["conversations"]
-    path: str
+    path: str  # a local JSONL/JSON file, else a `datasets` hub name or folder (castorini/rank_zephyr_training_data)
+    split: str = "train"  # for a `datasets` source
 
 
 class FullrankSource(_Rows):
@@ -152,46 +153,11 @@ class JobCfg(_Strict):
     cache: CacheCfg = CacheCfg()
 
 
-def _model_at(loc: tuple) -> tuple[type[BaseModel] | None, list[str]]:
-    """The model class at a pydantic error location, and the location without union tags."""
-    model: Any = JobCfg
-    path: list[str] = []
-    parts = list(loc)
-    while parts:
-        key = parts.pop(0)
-        path.append(str(key))
-        if model is None or key not in getattr(model, "model_fields", {}):
-            return None, path + [str(p) for p in parts]
-        if key in _TAGGED and model is JobCfg:
-            model = _TAGGED[key].get(parts.pop(0)) if parts else None
-        else:
-            ann = model.model_fields[key].annotation
-            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return model, path
-
-
 def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f" (did you mean `{close[0]}`?)" if close else f"; allowed: {', '.join(sorted(options))}"
+    return configio.did_you_mean(word, options)
 
 
-def _format(err: dict) -> str:
-    loc = tuple(err["loc"])
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        parent, path = _model_at(loc[:-1])
-        opts = [f for f in parent.model_fields if f != "kind"] if parent else []
-        return f"{'.'.join(path + [str(loc[-1])])}: unknown key{_did_you_mean(str(loc[-1]), opts)}"
-    _, path = _model_at(loc)
-    where = ".".join(path) or "(top level)"
-    if kind == "union_tag_invalid":
-        tags = list(_TAGGED.get(loc[0], {}))
-        return f"{where}.kind: unknown kind {err['ctx']['tag']!r}{_did_you_mean(str(err['ctx']['tag']), tags)}"
-    if kind == "union_tag_not_found":
-        return f"{where}.kind: missing; choose one of {', '.join(_TAGGED.get(loc[0], {}))}"
-    if kind == "missing":
-        return f"{where}: required key is missing"
-    return f"{where}: {err['msg']} (got {err.get('input')!r})"
+TAGS = {k: list(v) for k, v in _TAGGED.items()}
 
 
 def cross_checks(cfg: JobCfg) -> list[str]:
@@ -215,43 +181,32 @@ def cross_checks(cfg: JobCfg) -> list[str]:
     return out
 
 
-def set_dotted(data: dict, dotted: str, value: Any) -> None:
-    """`teacher.model=gpt-4o` -> data["teacher"]["model"] = "gpt-4o" (creating sections)."""
-    keys = dotted.split(".")
-    node = data
-    for i, k in enumerate(keys[:-1]):
-        nxt = node.setdefault(k, {})
-        if not isinstance(nxt, dict):
-            raise ValueError(f"{'.'.join(keys[:i + 1])} is not a section (it holds {nxt!r})")
-        node = nxt
-    node[keys[-1]] = value
+# path-valued keys (see lrt/configio.py): relative values in the job file resolve against the job file's
+# directory, in overrides against the current directory; `lrt:` names a file shipped in the package.
+PATH_FIELDS: dict[str, str] = {
+    "source.path": "maybe_hub", "source.corpus": "path", "source.queries": "path", "source.run": "path",
+    "source.topics": "path", "source.qrels": "path", "teacher.path": "path", "teacher.model": "maybe_hub",
+    "teacher.tokenizer": "maybe_hub", "prompt.tokenizer": "maybe_hub", "output.dir": "path", "cache.path": "path",
+}
+
+
+def _unpack_lrt(raw: dict) -> None:
+    """`lrt:resources/...` -> the file inside the installed package (importers take plain paths)."""
+    for dotted in PATH_FIELDS:
+        sec, _, key = dotted.partition(".")
+        node = raw.get(sec)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = configio.resolve_path(node[key])
 
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobCfg:
     """Read, override and validate a job; raise one `ConfigError` listing every problem."""
-    problems: list[str] = []
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError([f"job file not found: {path}"], source=str(path)) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"invalid YAML: {e}"], source=str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError(["the job must be a YAML mapping (name, source, teacher, labels, prompt, output)"], str(path))
-    for ov in overrides:
-        key, sep, raw = ov.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"override {ov!r}: expected dotted.key=value")
-            continue
-        try:
-            set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-        except (ValueError, yaml.YAMLError) as e:
-            problems.append(f"override {ov!r}: {e}")
-    try:
-        cfg = JobCfg.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(problems + [_format(err) for err in e.errors()], source=str(path)) from None
-    problems += cross_checks(cfg)
+    data = configio.read_mapping(path, "job", "name, source, teacher, labels, prompt, output")
+    configio.anchor_fields(data, PATH_FIELDS, Path(os.path.dirname(os.path.abspath(str(path)))))
+    problems = configio.apply_overrides(data, overrides, "teacher.model=gpt-4o", None, PATH_FIELDS)
+    _unpack_lrt(data)
+    cfg = configio.validate(JobCfg, data, str(path), problems, TAGS)
+    problems = cross_checks(cfg)
     if problems:
         raise ConfigError(problems, source=str(path))
     return cfg

@@ -78,21 +78,40 @@ def parse_prompt(prompt: str) -> tuple[str, list[tuple[str, str]]]:
     return query, passages
 
 
+def _hub_rows(name: str, split: str):
+    """Rows of a `datasets` source (hub name, or a local dataset folder), numbered from 1."""
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        raise DataError(f"source.path: {name!r} is neither a local file nor a loadable `datasets` source "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); give a local "
+                        "JSONL file, or a hub name such as castorini/rank_zephyr_training_data (needs network "
+                        "or the datasets cache)") from None
+    for i, row in enumerate(ds, 1):
+        yield i, row
+
+
 def import_conversations(path: str, *, on_invalid: OnInvalid = "error", limit: int | None = None,
-                         num_shards: int = 1, shard_id: int = 0) -> Imported:
-    """Rows -> examples with candidates in prompt order and the assistant's ranking."""
+                         num_shards: int = 1, shard_id: int = 0, split: str = "train") -> Imported:
+    """Rows -> examples with candidates in prompt order and the assistant's ranking.
+
+    `path` is a local JSONL/JSON file when it exists, otherwise a `datasets` name or folder
+    (`castorini/rank_zephyr_training_data`), read with `datasets.load_dataset(path, split=split)`."""
     report = SkipReport()
     problems = Problems(on_invalid, report)
     counts: Counter = Counter()
     out: list[ListwiseExample] = []
     stem = Path(path).name.split(".")[0]
-    for k, (n, row) in enumerate(iter_jsonl(path)):
+    local = Path(path).is_file()
+    rows = iter_jsonl(path) if local else _hub_rows(path, split)
+    for k, (n, row) in enumerate(rows):
         if limit is not None and k >= limit:
             break
         if not in_shard(k, num_shards, shard_id):
             continue
         report.total += 1
-        where = f"{path}:{n}"
+        where = f"{path}:{n}" if local else f"{path}[{split}] row {n}"
         if isinstance(row, DataError):
             problems(where, str(row).split(": ", 1)[1], "fix or delete the line")
             continue

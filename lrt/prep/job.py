@@ -56,7 +56,7 @@ def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0) -> Import
                            synthetic=s.synthetic_text, **kw)
     if isinstance(s, ConversationsSource):
         from lrt.prep.conversations import import_conversations
-        return import_conversations(s.path, **kw)
+        return import_conversations(s.path, split=s.split, **kw)
     assert isinstance(s, CanonicalSource)
     from lrt.prep.importers import import_canonical
     return import_canonical(s.path, **kw)
@@ -231,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if argv[:1] == ["merge"]:
+            if len(argv) == 2 and argv[1] in ("-h", "--help"):
+                print("usage: lrt prep merge OUT_DIR\n\nMerge the finished shards of a sharded prep job in OUT_DIR "
+                      "into one dataset (run once every `--shard-id` has finished).")
+                return 0
             if len(argv) != 2:
                 raise LrtError("usage: lrt prep merge OUT_DIR")
             print(output.merge(argv[1]))

@@ -1,0 +1,126 @@
+"""`lrt recipes`: list the recipes, prep jobs and launch files shipped in the package, and copy one out.
+
+    lrt recipes list
+    lrt recipes copy first-mistral-7b ./my.yaml      # or a prep job: lrt recipes copy dl19-eval ./dl19.yaml
+
+A copy stays valid from its new place: relative paths in a shipped file resolve against its folder
+inside `lrt/resources/`. The copy rewrites each one: a file that ships with the package becomes an
+`lrt:resources/...` reference; anything else (data you prepare, run outputs) keeps its place relative
+to the shipped layout's root, now the copy's folder (`../data/rankzephyr/data.parquet` in
+`recipes/x.yaml` becomes `data/rankzephyr/data.parquet` beside the copy). So a recipe and the prep job
+that feeds it, copied into one folder, still meet.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+from pathlib import Path
+
+from lrt.configio import RESOURCES, read_mapping
+from lrt.errors import LrtError
+
+KINDS = {"recipes": "recipe", "data_prep": "prep job", "launch": "launch file"}
+
+
+def shipped() -> dict[str, Path]:
+    """name -> file, for every shipped recipe (`first-mistral-7b`), prep job and launch file."""
+    out: dict[str, Path] = {}
+    for folder in KINDS:
+        for p in sorted((RESOURCES / folder).glob("*")):
+            if p.is_file() and p.suffix in (".yaml", ".json", ".sh", ".sbatch"):
+                out.setdefault(p.stem if p.suffix == ".yaml" else p.name, p)
+    return out
+
+
+def _summary(p: Path) -> str:
+    """First comment line of a shipped file."""
+    for line in p.read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if s.startswith("#") and not s.startswith("#!") and not s.startswith("# Paths:"):
+            return s.lstrip("# ").strip()
+    return ""
+
+
+def list_(argv: list[str]) -> int:
+    by = shipped()
+    for folder, kind in KINDS.items():
+        print(f"{kind}s ({RESOURCES / folder}):")
+        for name, p in by.items():
+            if p.parent.name == folder:
+                print(f"  {name:<32} {_summary(p)[:90]}")
+    print("copy one: lrt recipes copy NAME DEST   (e.g. lrt recipes copy first-mistral-7b ./my.yaml)")
+    return 0
+
+
+def rewrite(src: Path) -> str:
+    """The text of shipped `src` with its relative path values re-anchored for a copy (comments kept)."""
+    from lrt.config import PATH_FIELDS as RECIPE_PATHS
+    from lrt.prep.config import PATH_FIELDS as JOB_PATHS
+
+    text = src.read_text(encoding="utf-8")
+    if src.suffix != ".yaml":
+        return text
+    fields = JOB_PATHS if src.parent.name == "data_prep" else RECIPE_PATHS
+    raw = read_mapping(src, "recipe", "...")
+    for dotted, kind in fields.items():
+        node = raw
+        for k in dotted.split("."):
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, str) or not node or node.startswith("lrt:") or os.path.isabs(node):
+            continue
+        if kind == "resume" and node in ("none", "auto"):
+            continue
+        target = os.path.normpath(os.path.join(str(src.parent), node))
+        if kind == "maybe_hub" and not (node.startswith(".") or os.path.exists(target)):
+            continue  # a hub id
+        rel = os.path.relpath(target, str(RESOURCES))
+        if rel.startswith(".."):
+            raise LrtError(f"{src}: {dotted}={node!r} points outside the shipped resources")
+        new = f"lrt:resources/{rel}" if os.path.exists(target) else rel
+        text = re.sub(rf"(:\s*)['\"]?{re.escape(node)}['\"]?(?=\s|$)", lambda m: m.group(1) + new, text)
+    return text
+
+
+def copy(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lrt recipes copy", description="Copy a shipped recipe/job/launch file.")
+    p.add_argument("name", help="e.g. first-mistral-7b, dl19-eval, ds_zero3.json (see `lrt recipes list`)")
+    p.add_argument("dest", help="file or existing directory")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    a = p.parse_args(argv)
+    by = shipped()
+    name = a.name.removesuffix(".yaml") if a.name.endswith(".yaml") else a.name
+    name = Path(name).name if "/" in name else name
+    if name not in by:
+        import difflib
+
+        hint = difflib.get_close_matches(name, list(by), n=1)
+        raise LrtError(f"no shipped recipe, prep job or launch file named {a.name!r}"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else "") + "; see `lrt recipes list`")
+    src = by[name]
+    dest = Path(a.dest)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists() and not a.force:
+        raise LrtError(f"{dest} exists; choose another name or add --force")
+    if not dest.parent.is_dir():
+        raise LrtError(f"{dest.parent}: directory does not exist; create it first")
+    text = rewrite(src)
+    dest.write_text(text, encoding="utf-8")
+    if src.suffix in (".sh", ".sbatch"):
+        shutil.copymode(src, dest)
+    print(f"copied {KINDS[src.parent.name]} {name} -> {dest}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if argv[0] == "list":
+        return list_(argv[1:])
+    if argv[0] == "copy":
+        return copy(argv[1:])
+    raise LrtError(f"lrt recipes: unknown action {argv[0]!r}; use `lrt recipes list` or `lrt recipes copy NAME DEST`")

@@ -182,7 +182,9 @@ class OpenAIClient:
                     retry_after = headers.get("Retry-After") if headers else None
                 else:
                     self.count("unanswered_calls")
-                    return Answer(None, self.redact(f"HTTP {status}: {data[:200]!r}"), attempt + 1,
+                    # redact BEFORE cutting: a cut through the key would leave a piece no pattern finds
+                    text = self.redact(data.decode("utf-8", errors="replace"))[:200]
+                    return Answer(None, f"HTTP {status}: {text!r}", attempt + 1,
                                   round(time.monotonic() - t0, 3), status)
             self.count(f"retry_{reason}")
             if attempt < self.max_retries:

@@ -107,7 +107,8 @@ class OpenAITeacher:
         ans = self.client.request("chat/completions", self._payload(req), self._text)
         if ans.value is None:
             return WindowResponse(None, None, error=ans.error)
-        return response_from_raw(ans.value, len(req.docids), self.scheme, attempts=ans.attempts,
+        # the answer goes into the cache and call log: an echoing server must not put the key there
+        return response_from_raw(self.client.redact(ans.value), len(req.docids), self.scheme, attempts=ans.attempts,
                                  latency_s=ans.latency_s)
 
     def rank_windows(self, requests: Sequence[WindowRequest], on_response: OnResponse | None = None) -> list[WindowResponse]:

@@ -39,9 +39,28 @@ def _validate(argv: list[str]) -> int:
     from lrt.config import load_recipe
 
     r = load_recipe(a.recipe, a.overrides, check_files=not a.no_file_check)
+    rows = "" if a.no_file_check else _check_data(r)
     terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
-    print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; identifiers {r.identifier_scheme()})")
+    print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; identifiers {r.identifier_scheme()}){rows}")
     return 0
+
+
+def _check_data(r) -> str:  # noqa: ANN001 - a Recipe
+    """Every row of the local train/eval data, streamed, as training would read it (file:line errors)."""
+    from pathlib import Path
+
+    from lrt.config import resolve_path
+    from lrt.data.prompts import max_candidates
+    from lrt.data.schema import validate_source
+
+    limit = None if r.data.window else max_candidates(r.identifier_scheme())
+    out = []
+    for key, src in (("data.train", r.data.train), ("eval data", r.eval.data or r.data.eval)):
+        if src and Path(resolve_path(src)).exists():  # hub ids are left to `datasets` at training time
+            n, rep = validate_source(resolve_path(src), on_invalid=r.data.on_invalid, max_candidates=limit,
+                                     split=r.data.split)
+            out.append(f"{key}: {n} valid rows" + (f", {rep.skipped} skipped" if rep.skipped else ""))
+    return f"; {'; '.join(out)}" if out else ""
 
 
 def _train(argv: list[str]) -> int:

@@ -224,7 +224,8 @@ def _line_of(path: str, qid: str, docid: str | None = None) -> str:
 def import_trec(run: str, *, topics: str | None, corpus: str | None, qrels: str | None = None, depth: int = 100,
                 synthetic: bool = False, on_invalid: OnInvalid = "error", limit: int | None = None,
                 num_shards: int = 1, shard_id: int = 0) -> Imported:
-    """A first-stage run as candidate lists; with qrels, ranked by grade (ties: first-stage order).
+    """A first-stage run as candidate lists; with qrels, ranked by grade (ties: first-stage order),
+    and each row keeps the query's full qrels (`qrels` field) for trec_eval-exact evaluation.
 
     Without qrels the ranking is the first-stage order: a placeholder for a teacher to replace.
     """
@@ -257,7 +258,8 @@ def import_trec(run: str, *, topics: str | None, corpus: str | None, qrels: str 
             continue
         grades = [float(judged[q].get(d, 0)) for d in docids]
         ranking = [docids[i] for i in sorted(range(len(docids)), key=lambda i: (-grades[i], i))]
-        out.append(ListwiseExample(q, query, cands, ranking, grades))
+        # every judged document, retrieved or not: evaluation needs the ideal DCG over all of them
+        out.append(ListwiseExample(q, query, cands, ranking, grades, qrels=dict(judged[q])))
     return Imported(out, report)
 
 

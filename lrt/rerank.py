@@ -14,8 +14,24 @@ see a different prompt from the one the model was trained on:
   share of outputs that needed no repair is reported in `last_stats`: it is the baseline's format
   accuracy, which the scoring modes do not need (they always yield a permutation).
 
-Every mode returns docids best-first with strictly decreasing scores n, n-1, ..., 1 (rank-derived,
-so tie-breaking conventions of trec_eval / ir_measures never matter).
+Backends: `hf` (in-process forward/generate, above) and `openai` (`Reranker.from_openai`: any
+OpenAI-compatible completions endpoint, e.g. vLLM or SGLang, see `lrt.rerank_openai`). Both render
+the prompt with the same template, so the same model gives the same orderings through either.
+
+Scores (the score rule). Every scoring mode returns the model's own scores, not ranks:
+- a window's score of a candidate is log p(identifier | prompt + "[") at the answer position: the
+  identifier logit minus the log-sum-exp over the whole vocabulary row (the same number vLLM
+  returns as a top logprob; computed chunk-wise, never a [B, T, vocab] tensor);
+- windows slide back to front, so a candidate is re-scored by every window that holds it; its raw
+  score is the one from the LAST window that placed it (the window that decided its final place);
+- the final order is the sliding-window order. Raw scores of different windows need not be
+  monotone along it, so the returned score is made strictly decreasing by a running minimum with a
+  margin: score[0] = raw[0], score[i] = min(raw[i], score[i-1] - SCORE_STEP) (SCORE_STEP = 1e-3).
+  The order is never changed, scores are tie-free, and within the top window (where most of the
+  evaluation weight is) they are the model's log-probabilities unchanged unless two differ by
+  less than the step.
+- `generate` mode has no per-candidate scores: it returns rank-derived n, n-1, ..., 1 (and so do
+  lists of one candidate, which need no model call).
 """
 from __future__ import annotations
 
@@ -34,7 +50,7 @@ from lrt.data.collate import Encoded, ListwiseCollator, encode_example, identifi
 from lrt.data.parse import parse_permutation
 from lrt.data.prompts import ALPHA_MAX, PromptTemplate, identifier_labels, special_tokens
 from lrt.data.schema import Candidate, ListwiseExample
-from lrt.errors import LrtError
+from lrt.errors import DataError, LrtError
 from lrt.scoring import decoder_and_head, hidden_states, identifier_scores, unwrap
 
 log = logging.getLogger("lrt")
@@ -42,8 +58,23 @@ log = logging.getLogger("lrt")
 META_FILE = "lrt_reranker.json"
 Mode = Literal["first_token", "full", "generate"]
 MODES: tuple[str, ...] = ("first_token", "full", "generate")
+BACKENDS: tuple[str, ...] = ("hf", "openai")
+SCORE_STEP = 1e-3  # the margin of the running-minimum rule that makes final scores strictly decreasing
 Query = tuple[str, str, Sequence[Candidate]]  # (qid, query text, candidates in first-stage order)
-Window = tuple[str, Sequence[Candidate]]  # (query text, the window's candidates in current order)
+# (qid, query text, the window's candidates in current order); (query, candidates) is accepted too
+Window = tuple[str, str, Sequence[Candidate]] | tuple[str, Sequence[Candidate]]
+
+
+def _unpack(item: Window) -> tuple[str, str, Sequence[Candidate]]:
+    return (item[0], item[1], item[2]) if len(item) == 3 else ("q", item[0], item[1])  # type: ignore[misc]
+
+
+def monotone_scores(raw: Sequence[float], step: float = SCORE_STEP) -> list[float]:
+    """The score rule's last step: keep the order, cap each score at the one above minus `step`."""
+    out: list[float] = []
+    for r in raw:
+        out.append(float(r) if not out else min(float(r), out[-1] - step))
+    return out
 
 
 @dataclass
@@ -55,6 +86,15 @@ class RerankerMeta:
     stride: int
     max_length: int
     lrt_version: str = "0.1.0"
+    # BOS as trained: "prepended" (lrt put the tokenizer's BOS first), "template" (the chat template
+    # writes it) or "none"; None in exports older than the BOS policy. Pinned into the template below,
+    # so the Reranker (HF or openai backend) adds BOS exactly as training did.
+    bos: str | None = None
+    rank_llm: str | None = None  # how rank_llm serves this model with the same prompt (rank_llm presets)
+
+    def __post_init__(self) -> None:
+        if self.bos is not None and isinstance(self.template, dict):
+            self.template = {**self.template, "bos": "always" if self.bos == "prepended" else "never"}
 
     def save(self, out_dir: str | Path) -> None:
         Path(out_dir, META_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
@@ -71,12 +111,22 @@ class RerankerMeta:
             raw = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise LrtError(f"{f}: invalid JSON ({e.msg}); re-export the model") from None
+        if not isinstance(raw, dict):
+            raise LrtError(f"{f}: expected a JSON object with template, window, stride, max_length (got "
+                           f"{type(raw).__name__}); re-export the model with `lrt export`")
         known = {x.name for x in fields(cls)}
         if extra := sorted(set(raw) - known):
             log.warning("%s: ignoring unknown keys %s (written by a newer lrt?)", f, extra)
         missing = [k for k in ("template", "window", "stride", "max_length") if k not in raw]
         if missing:
             raise LrtError(f"{f}: missing {missing}; re-export the model with `lrt export`")
+        bad = [k for k in ("window", "stride", "max_length")
+               if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] < 1]
+        if not isinstance(raw["template"], dict):
+            bad.insert(0, "template")
+        if bad:
+            raise LrtError(f"{f}: {', '.join(f'{k}={raw[k]!r}' for k in bad)} invalid (window, stride and max_length "
+                           "are positive integers, template an object); re-export the model with `lrt export`")
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
@@ -86,6 +136,8 @@ class RerankStats:
     outputs that were already a complete permutation, i.e. needed no RankGPT repair."""
 
     mode: str
+    backend: str = "hf"
+    scores: str = "logprob"  # "logprob" (the score rule in the module docstring) or "rank" (generate)
     queries: int = 0
     windows: int = 0  # windows ranked by the model (windows of <2 candidates need no call)
     batches: int = 0  # forward / generate calls
@@ -95,6 +147,9 @@ class RerankStats:
     duplicates: int = 0
     out_of_range: int = 0
     missing: int = 0
+    # openai first_token: identifiers absent from the returned top-k logprobs (scored below the returned ones)
+    missing_identifiers: int = 0
+    windows_with_missing: int = 0
     seconds: float = 0.0
     repaired_examples: list[str] = field(default_factory=list)  # first few raw outputs that needed repair
 
@@ -133,12 +188,14 @@ class Reranker:
     construction so a multi-token identifier fails here, not after an hour of reranking.
     Generation knobs: `gen_margin` extra new tokens beyond the window's target length, and
     `gen_force_length` (decode exactly the target length, ignoring EOS: what the benchmark times).
+    `backend` (an `lrt.rerank_openai.OpenAIBackend`, see `from_openai`) sends the windows to a
+    server instead of `model` (then None).
     """
 
     def __init__(
         self, model: nn.Module, tokenizer: Any, template: PromptTemplate, *, window: int = 20, stride: int = 10,
         max_length: int = 4096, batch_size: int = 8, padding_side: str = "left", mode: Mode = "first_token",
-        gen_margin: int = 16, gen_force_length: bool = False,
+        gen_margin: int = 16, gen_force_length: bool = False, backend: Any = None,
     ) -> None:
         if window < 2 or stride <= 0 or stride > window:
             raise LrtError(f"need window >= 2 and stride in 1..window (got window={window}, stride={stride})")
@@ -149,13 +206,16 @@ class Reranker:
         self.window, self.stride, self.max_length, self.batch_size = window, stride, max_length, batch_size
         self.mode: Mode = mode
         self.gen_margin, self.gen_force_length = gen_margin, gen_force_length
+        self.backend = backend
+        if model is None and backend is None:
+            raise LrtError("Reranker needs a model (in-process) or a backend (Reranker.from_openai)")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise LrtError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
         self.pad_id = int(pad)
         self.collate = ListwiseCollator(self.pad_id, padding_side)
         self.id_ids: list[int] | None = None
-        self.last_stats = RerankStats(mode)
+        self.last_stats = RerankStats(mode, backend=self.backend_name)
         self._stats = self.last_stats
         if mode == "first_token":
             self._identifier_ids(window)
@@ -180,12 +240,55 @@ class Reranker:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise LrtError(f"dtype must be float32, bfloat16 or float16 (got {dtype!r})")
             dtype = getattr(torch, dtype)
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        device = check_device(device)
+        tok = load_export_tokenizer(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise LrtError(f"{path}: cannot load the model weights ({str(e).splitlines()[0][:200]}); give a complete "
+                           "export (`lrt export RUN_DIR --out DIR`)") from None
+        model.to(device).eval()
         kw: dict[str, Any] = dict(window=meta.window, stride=meta.stride, max_length=meta.max_length, mode=mode)
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, tok, template, **kw)
+
+    @classmethod
+    def from_openai(
+        cls, base_url: str, model: str, export: str | Path, *, mode: Mode = "first_token",
+        api_key_env: str | None = None, concurrency: int = 8, logprobs: int | None = None,
+        prompt_format: str = "text", timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0,
+        **overrides: Any,
+    ) -> "Reranker":
+        """Rerank through an OpenAI-compatible completions endpoint (vLLM, SGLang) serving `model`.
+
+        `export` is the exported model directory (or any directory with its tokenizer and
+        `lrt_reranker.json`): lrt renders the prompt itself, with the model's own template, so the
+        server sees exactly the prompt the model was trained on. `logprobs` is the top-k asked for
+        (default: the window); `prompt_format` "text" sends the rendered prompt, "tokens" its token
+        ids (exact even where a server would add a BOS). See `lrt.rerank_openai`."""
+        from lrt.io.openai_client import OpenAIClient
+        from lrt.rerank_openai import OpenAIBackend
+
+        if not Path(export).is_dir():
+            raise LrtError(f"{export}: not a directory; the openai backend needs the exported model directory "
+                           "(--export DIR) for its tokenizer and lrt_reranker.json")
+        meta = RerankerMeta.load(export)
+        try:
+            template = PromptTemplate.from_dict(meta.template)
+        except TypeError as e:
+            raise LrtError(f"{export}/{META_FILE}: bad prompt template ({e}); re-export the model") from None
+        tok = load_export_tokenizer(export)
+        client = OpenAIClient(base_url, api_key_env=api_key_env, concurrency=concurrency, timeout_s=timeout_s,
+                              max_retries=max_retries, backoff_s=backoff_s, key_option="--api-key-env",
+                              url_option="--base-url", fix_hint="check --base-url, --model and --api-key-env")
+        backend = OpenAIBackend(client, model, logprobs=logprobs, prompt_format=prompt_format)
+        kw: dict[str, Any] = dict(window=meta.window, stride=meta.stride, max_length=meta.max_length, mode=mode)
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(None, tok, template, backend=backend, **kw)  # type: ignore[arg-type]
+
+    @property
+    def backend_name(self) -> str:
+        return "hf" if self.backend is None else self.backend.name
 
     @property
     def device(self) -> torch.device:
@@ -217,15 +320,12 @@ class Reranker:
     # ---- one step: order a batch of windows -------------------------------------------------
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
-        """Eval mode (no dropout / NEFTune noise) for the call; training mode is restored after,
-        because the trainer evaluates its in-memory model mid-training."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.model.train(was_training)
+        """Eval mode (no dropout / NEFTune noise) for the call; each module's previous mode is
+        restored after, because the trainer evaluates its in-memory model mid-training."""
+        from lrt.scoring import eval_mode
+
+        with eval_mode(self.model), torch.no_grad():
+            yield
 
     def _batches(self, encoded: Sequence[Any], length: Callable[[Any], int]) -> Iterator[list[int]]:
         """Index chunks of `batch_size`, longest first: similar lengths waste little padding."""
@@ -233,25 +333,45 @@ class Reranker:
         for i in range(0, len(order), self.batch_size):
             yield order[i:i + self.batch_size]
 
+    def encode_window(self, item: Window, *, for_generate: bool = False) -> Encoded:
+        """The training encoder on one window; a window that cannot fit `max_length` names the
+        query and the reranking fix (--max-length), not a recipe key."""
+        qid, q, cands = _unpack(item)
+        ex = ListwiseExample(qid, q, list(cands), [c.docid for c in cands])
+        ids = None if for_generate else self._identifier_ids(len(cands))
+        try:
+            return encode_example(self.tok, self.template, ex, max_length=self.max_length, id_token_ids=ids,
+                                  include_target=for_generate)
+        except DataError as e:
+            if "max_length" not in str(e):
+                raise
+            what = "prompt + the full answer" if for_generate else 'prompt + "["'
+            raise DataError(
+                f"query {qid}: a window of {len(cands)} passages ({what}) does not fit in max_length="
+                f"{self.max_length} tokens even with every passage cut to the minimum: raise --max-length "
+                "(Reranker(max_length=...)) or lower --window"
+            ) from None
+
     def score_windows(self, items: Sequence[Window]) -> list[torch.Tensor]:
-        """First-token scores (fp32, CPU) of each (query, window candidates) item, batched."""
+        """First-token scores (fp32, CPU) of each (qid, query, window candidates) item, batched:
+        log p(identifier | prompt + "[") over the full vocabulary row (see the score rule)."""
         if not items:
             return []
-        ids = self._identifier_ids(max(len(c) for _, c in items))
-        enc: list[Encoded] = []
-        for q, cands in items:
-            ex = ListwiseExample("q", q, list(cands), [c.docid for c in cands])
-            enc.append(encode_example(self.tok, self.template, ex, max_length=self.max_length, id_token_ids=ids,
-                                      include_target=False))
+        if self.backend is not None:
+            return self.backend.score_windows(self, items)
+        self._identifier_ids(max(len(_unpack(it)[2]) for it in items))
+        enc: list[Encoded] = [self.encode_window(it) for it in items]
         out: list[torch.Tensor | None] = [None] * len(items)
         decoder, head = decoder_and_head(self.model)
         with self._eval_mode():
             for chunk in self._batches(enc, lambda e: len(e.input_ids)):
                 batch = {k: v.to(self.device) for k, v in self.collate([enc[i] for i in chunk]).items()}
                 h = hidden_states(decoder, batch)
-                s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight, getattr(head, "bias", None))
+                bias = getattr(head, "bias", None)
+                s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight, bias)
+                s = s - answer_logsumexp(h, batch["answer_pos"], head.weight, bias)[:, None]
                 for b, i in enumerate(chunk):
-                    out[i] = s[b, : len(items[i][1])].cpu()
+                    out[i] = s[b, : len(_unpack(items[i])[2])].cpu()
                 self._stats.batches += 1
                 self._stats.prompt_tokens += int(batch["attention_mask"].sum())
         return out  # type: ignore[return-value]
@@ -266,10 +386,11 @@ class Reranker:
 
         if not items:
             return []
+        if self.backend is not None:
+            return self.backend.generate_windows(self, items)
         prompts: list[tuple[list[int], int]] = []
-        for q, cands in items:
-            ex = ListwiseExample("q", q, list(cands), [c.docid for c in cands])
-            e = encode_example(self.tok, self.template, ex, max_length=self.max_length, id_token_ids=None)
+        for it in items:
+            e = self.encode_window(it, for_generate=True)
             prompts.append((e.input_ids[: e.target_start], len(e.input_ids) - e.target_start))
         eos = self.tok.eos_token_id
         lm = unwrap(self.model)
@@ -300,7 +421,7 @@ class Reranker:
                     if eos is not None and eos in new and not self.gen_force_length:
                         new = new[: new.index(eos)]
                     self._stats.generated_tokens += len(new)
-                    out[i] = self._parse(self.tok.decode(new, skip_special_tokens=False), len(items[i][1]))
+                    out[i] = self._parse(self.tok.decode(new, skip_special_tokens=False), len(_unpack(items[i])[2]))
         return out
 
     def _parse(self, text: str, n: int) -> list[int]:
@@ -315,10 +436,16 @@ class Reranker:
             st.repaired_examples.append(text[:200])
         return p.order
 
-    def _order_windows(self, items: Sequence[Window], mode: Mode) -> list[list[int]]:
+    def _order_windows(self, items: Sequence[Window], mode: Mode) -> list[tuple[list[int], list[float] | None]]:
+        """Each window's order (0-based, best first) and, in scoring modes, its scores (ties keep
+        the current order, which is how identifiers missing from a server's top-k stay put)."""
         if mode == "generate":
-            return self.generate_windows(items)
-        return [sorted(range(len(s)), key=lambda j: (-float(s[j]), j)) for s in self.score_windows(items)]
+            return [(p, None) for p in self.generate_windows(items)]
+        out = []
+        for s in self.score_windows(items):
+            vals = [float(x) for x in s]
+            out.append((sorted(range(len(vals)), key=lambda j: (-vals[j], j)), vals))
+        return out
 
     # ---- public API ---------------------------------------------------------------------------
     def rerank_many(
@@ -328,8 +455,9 @@ class Reranker:
         """Rerank many queries; windows at the same step of different queries share batches.
 
         `full` uses one window of all candidates; the other modes slide `window`/`stride` back to
-        front. Returns {qid: [(docid, score)]} best-first with scores n, n-1, ..., 1; what was done
-        (calls, tokens, generate's valid share) is in `self.last_stats`.
+        front. Returns {qid: [(docid, score)]} best-first with strictly decreasing scores by the
+        score rule of the module docstring (generate: n, n-1, ..., 1); what was done (calls,
+        tokens, generate's valid share, missing identifiers) is in `self.last_stats`.
         """
         mode = mode or self.mode
         _check_mode(mode)
@@ -337,7 +465,8 @@ class Reranker:
         if w < 2 or not 0 < s <= w:
             raise LrtError(f"need window >= 2 and stride in 1..window (got window={w}, stride={s})")
         qs = list(queries)
-        self._stats = RerankStats(mode, queries=len(qs))
+        self._stats = RerankStats(mode, backend=self.backend_name, scores="rank" if mode == "generate" else "logprob",
+                                  queries=len(qs))
         t0 = time.perf_counter()
         orders: dict[str, list[Candidate]] = {}
         texts: dict[str, str] = {}
@@ -353,16 +482,27 @@ class Reranker:
                  for qid, c in orders.items()}
         if mode == "full" and plans:
             self._identifier_ids(max(len(c) for c in orders.values()))  # fail before any forward pass
+        raw: dict[str, dict[str, float]] = {qid: {} for qid in orders}  # docid -> score of the last window
+        import os
+
+        from lrt.progress import Progress
+
+        bar = Progress(sum(len(p) for p in plans.values()), getattr(self, "progress_desc", "rerank"), unit="window",
+                       enabled=os.environ.get("RANK", "0") == "0", leave=False)
         for step in range(max((len(p) for p in plans.values()), default=0)):
             active = [qid for qid in orders if step < len(plans[qid])]
-            items = [(texts[qid], orders[qid][slice(*plans[qid][step])]) for qid in active]
-            for qid, (_, win), perm in zip(active, items, self._order_windows(items, mode)):
+            items = [(qid, texts[qid], orders[qid][slice(*plans[qid][step])]) for qid in active]
+            for qid, (_, _, win), (perm, vals) in zip(active, items, self._order_windows(items, mode)):
                 a, b = plans[qid][step]
                 orders[qid][a:b] = [win[j] for j in perm]
+                if vals is not None:
+                    raw[qid].update((c.docid, v) for c, v in zip(win, vals))
             self._stats.windows += len(active)
+            bar.update(len(active))
+        bar.close()
         self._stats.seconds = time.perf_counter() - t0
         self.last_stats = self._stats
-        return {qid: [(c.docid, float(len(o) - i)) for i, c in enumerate(o)] for qid, o in orders.items()}
+        return {qid: final_scores([c.docid for c in o], raw[qid]) for qid, o in orders.items()}
 
     def rerank(
         self, query: str, passages: Sequence[Candidate | tuple[str, str]], *, mode: Mode | None = None,
@@ -371,6 +511,69 @@ class Reranker:
         """Docids best-first with strictly decreasing scores for one query."""
         cands = [p if isinstance(p, Candidate) else Candidate(p[0], p[1]) for p in passages]
         return self.rerank_many([("q", query, cands)], mode=mode, window=window, stride=stride)["q"]
+
+
+def final_scores(order: Sequence[str], raw: dict[str, float]) -> list[tuple[str, float]]:
+    """(docid, score) best-first: the last window's score made strictly decreasing (score rule);
+    rank-derived n..1 when the model gave no scores (generate mode, a single candidate)."""
+    if not order or any(d not in raw for d in order):
+        return [(d, float(len(order) - i)) for i, d in enumerate(order)]
+    return list(zip(order, monotone_scores([raw[d] for d in order])))
+
+
+def answer_logsumexp(hidden: torch.Tensor, answer_pos: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None = None, chunk_rows: int = 8192) -> torch.Tensor:
+    """fp32 log-sum-exp [B] of the full vocabulary row at each answer position, `chunk_rows` rows
+    of the LM head at a time (a [B, chunk] block, never [B, T, vocab]): turns identifier logits
+    into the log-probabilities a serving engine reports."""
+    B = hidden.shape[0]
+    h = hidden[torch.arange(B, device=hidden.device), answer_pos].float()
+    parts = []
+    for i in range(0, weight.shape[0], chunk_rows):
+        z = h @ weight[i:i + chunk_rows].float().T
+        if bias is not None:
+            z = z + bias[i:i + chunk_rows].float()
+        parts.append(torch.logsumexp(z, dim=-1))
+    return torch.logsumexp(torch.stack(parts, dim=-1), dim=-1)
+
+
+def check_device(device: str | None) -> str:
+    """The device to load on, or one clear error before any loading (e.g. --device cuda without CUDA)."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LrtError(f"--device {device!r} is not a device; give cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LrtError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, built for CUDA "
+                           f"{torch.version.cuda or 'none'}); use --device cpu or run on a GPU machine")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise LrtError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible; "
+                           f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif d.type not in ("cpu", "cuda", "mps"):
+        raise LrtError(f"--device {device!r}: unsupported device type {d.type!r}; give cpu or cuda[:N]")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise LrtError(f"--device {device}: MPS is not available here; use --device cpu")
+    return str(d)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_export_tokenizer(path: str | Path) -> Any:
+    """The export's tokenizer, or one clear error naming the directory (never a transformers traceback)."""
+    from transformers import AutoTokenizer
+
+    if not any(Path(path, f).exists() for f in TOKENIZER_FILES):
+        raise LrtError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}): the export is incomplete; "
+                       "re-export with `lrt export RUN_DIR --out DIR`, or save the training tokenizer into it")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise LrtError(f"{path}: cannot load the tokenizer ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                       "re-export with `lrt export RUN_DIR --out DIR`") from None
 
 
 def _check_mode(mode: str) -> None:

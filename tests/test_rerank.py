@@ -55,7 +55,8 @@ def test_batched_equals_unbatched_and_left_equals_right(tiny):
 @pytest.mark.parametrize("style,scheme", [("chatml", "alpha"), ("zephyr", "alpha"), ("mistral", "alpha"),
                                           ("llama3", "special")])
 def test_first_token_scores_equal_full_logits(style, scheme):
-    """logits[0, -1, id_ids] of a plain forward on prompt + '[' == Reranker scores (batched, padded)."""
+    """log_softmax(logits[0, -1])[id_ids] of a plain forward on prompt + '[' == Reranker scores (batched,
+    padded): the scores are the identifiers' log-probabilities over the full vocabulary row."""
     tok = build_tokenizer(style)
     if scheme == "special":
         tok.add_special_tokens({"additional_special_tokens": special_tokens(6)}, replace_extra_special_tokens=False)
@@ -68,8 +69,8 @@ def test_first_token_scores_equal_full_logits(style, scheme):
         text = render_prompt(tok, tpl, q, [c.text for c in cands]) + "["
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, -1]
-        torch.testing.assert_close(g, logits[id_ids[: len(cands)]].float(), atol=ATOL, rtol=0)
+            logp = model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+        torch.testing.assert_close(g, logp[id_ids[: len(cands)]], atol=ATOL, rtol=0)
 
 
 def test_rerank_many_batched_equals_single_queries(tiny):

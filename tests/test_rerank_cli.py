@@ -77,7 +77,7 @@ def test_rerank_top_k_keeps_tail_and_writes_unique_scores(model_dir, tmp_path, f
 def test_missing_doc_is_an_error_naming_the_corpus(model_dir, tmp_path):
     f = write_inputs(tmp_path, drop_doc="q2d3")
     with pytest.raises(DataError, match=r"corpus\.tsv.*q2d3.*--on-missing skip"):
-        main(argv(f, "/nonexistent-model"))  # fails before loading any model
+        main(argv(f, model_dir))  # fails before loading any model
 
 
 def test_doc_beyond_top_k_need_not_have_text(model_dir, tmp_path):
@@ -86,21 +86,21 @@ def test_doc_beyond_top_k_need_not_have_text(model_dir, tmp_path):
     assert [d for d, _ in read_run(f["out"])["q2"]][3:] == DOCS["q2"][3:]
 
 
-def test_missing_query_is_an_error_naming_the_topics(tmp_path):
+def test_missing_query_is_an_error_naming_the_topics(model_dir, tmp_path):
     f = write_inputs(tmp_path, "json", drop_query="q2")
     with pytest.raises(DataError, match=r"topics\.json.*'q2'"):
-        main(argv(f, "/nonexistent-model"))
+        main(argv(f, model_dir))
 
 
-def test_duplicate_docids_and_empty_run(tmp_path, capsys):
+def test_duplicate_docids_and_empty_run(model_dir, tmp_path, capsys):
     dup = ["q1 Q0 q1d1 1 2.0 bm25", "q1 Q0 q1d2 2 1.5 bm25", "q1 Q0 q1d1 3 1.0 bm25"]
     f = write_inputs(tmp_path, run_lines=dup)
     with pytest.raises(DataError, match=r"run\.trec:3: duplicate docid 'q1d1'"):
-        main(argv(f, "/nonexistent-model"))
+        main(argv(f, model_dir))
     f = write_inputs(tmp_path, run_lines=[])
     with pytest.raises(DataError, match=r"run\.trec: run is empty"):
-        main(argv(f, "/nonexistent-model"))
-    assert lrt_main(["rerank", *argv(f, "/nonexistent-model")]) == 2  # one clear line, no traceback
+        main(argv(f, model_dir))
+    assert lrt_main(["rerank", *argv(f, model_dir)]) == 2  # one clear line, no traceback
     assert "error:" in capsys.readouterr().err
 
 

@@ -244,7 +244,7 @@ class Reranker:
         tok = load_export_tokenizer(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - corrupt/partial weights: a user-fixable export problem
             raise LrtError(f"{path}: cannot load the model weights ({str(e).splitlines()[0][:200]}); give a complete "
                            "export (`lrt export RUN_DIR --out DIR`)") from None
         model.to(device).eval()

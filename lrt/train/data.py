@@ -1,17 +1,27 @@
-"""Training data: load + validate, encode once (optionally with `datasets` workers), and a
-deterministic step sampler whose only state is the step number (exact resume, any world size)."""
+"""Training data: load + validate, encode once into the tokenised cache (`lrt.data.cache`, built by
+rank 0 while the others wait, then memory-mapped by every rank), a deterministic step sampler whose
+only state is the step number (exact resume, any world size), optionally length-grouped, and the
+stream of collated micro-batches (inline, or in DataLoader workers with pinned memory).
+
+`data.cache: false` keeps the in-memory path (`load_split` + `encode_all`: Python lists on every rank).
+"""
 from __future__ import annotations
 
+import argparse
 import logging
-from dataclasses import dataclass
-from typing import Any, Sequence
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 
 from lrt.config import Recipe, resolve_path
 from lrt.data.collate import encode_example
 from lrt.data.prompts import PromptTemplate, max_candidates
 from lrt.data.schema import ListwiseExample, load_examples
+from lrt.errors import LrtError
 
 log = logging.getLogger("lrt")
 
@@ -21,7 +31,7 @@ def prompt_template(r: Recipe) -> PromptTemplate:
     return PromptTemplate.preset(
         p.preset, system=p.system, prefix=p.prefix, suffix=p.suffix, passage=p.passage,
         identifiers=p.identifiers, max_passage_tokens=p.max_passage_tokens, chat_template=p.chat_template,
-        system_in_user=p.system_in_user,
+        system_in_user=p.system_in_user, bos=p.bos,
     )
 
 
@@ -43,7 +53,13 @@ def encode_all(
     """Encode every example once; with data.num_proc > 1 through `datasets.map` worker processes."""
     kw = dict(max_length=r.data.max_length, id_token_ids=id_token_ids, window=r.data.window, include_target=include_target)
     if r.data.num_proc <= 1:
-        return [encode_example(tokenizer, template, ex, **kw).to_row() for ex in examples]  # type: ignore[arg-type]
+        import os
+
+        from lrt.progress import track
+
+        show = r.log.progress and os.environ.get("RANK", "0") == "0"  # one bar, on rank 0
+        return [encode_example(tokenizer, template, ex, **kw).to_row()  # type: ignore[arg-type]
+                for ex in track(examples, "encode", unit="list", enabled=show, leave=False)]
     import datasets
 
     def fn(row: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +82,13 @@ class StepSampler:
     Rank `rank` takes micro-batch m of that slice at offset (m * world + rank) * per_device, so a
     run with W processes and A accumulation steps sees the same global batches as 1 process with
     W*A accumulation steps, and resuming needs nothing but the step number.
+
+    Length grouping (`lengths` given): the permutation is cut into chunks of `group_steps` global
+    batches; inside a chunk the lists are sorted by length, cut into micro-batches of `per_device`,
+    and those micro-batches are shuffled (seeded) and dealt to the chunk's steps. Micro-batches then
+    hold lists of similar length (little padding), and both invariances above still hold: what a step
+    contains depends on the step number, the global batch and `per_device` only, never on the rank
+    or world size.
     """
 
     n_examples: int
@@ -73,6 +96,10 @@ class StepSampler:
     grad_accum: int
     world: int
     seed: int
+    lengths: np.ndarray | None = None  # tokens per list: padding figures, and grouping when `group`
+    group: bool = False
+    group_steps: int = 50
+    _memo: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def global_batch(self) -> int:
@@ -82,17 +109,48 @@ class StepSampler:
     def steps_per_epoch(self) -> int:
         return self.n_examples // self.global_batch
 
-    def step_indices(self, step: int) -> list[int]:
-        spe = self.steps_per_epoch
+    @property
+    def grouped(self) -> bool:
+        return self.group and self.lengths is not None and self.per_device > 1
+
+    def epoch_batches(self, epoch: int, grouped: bool | None = None) -> np.ndarray:
+        """[steps_per_epoch, global_batch] example indices of every step of an epoch."""
+        grouped = self.grouped if grouped is None else grouped
+        if grouped == self.grouped and self._memo is not None and self._memo[0] == epoch:
+            return self._memo[1]
+        spe, G = self.steps_per_epoch, self.global_batch
         if spe == 0:
             raise ValueError(
-                f"{self.n_examples} training lists < one global batch of {self.global_batch} "
+                f"{self.n_examples} training lists < one global batch of {G} "
                 "(per_device_batch_size x grad_accum x world size)"
             )
-        epoch, i = divmod(step, spe)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n_examples, generator=g)
-        return perm[i * self.global_batch:(i + 1) * self.global_batch].tolist()
+        perm = torch.randperm(self.n_examples, generator=g).numpy()[: spe * G]
+        if grouped:
+            assert self.lengths is not None
+            pd, out = self.per_device, []
+            for c0 in range(0, spe, self.group_steps):
+                chunk = perm[c0 * G: min(c0 + self.group_steps, spe) * G]
+                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")].reshape(-1, pd)
+                order = torch.randperm(len(chunk), generator=g).numpy()
+                out.append(chunk[order].reshape(-1))
+            perm = np.concatenate(out)
+        batches = perm.reshape(spe, G)
+        if grouped == self.grouped:
+            self._memo = (epoch, batches)
+        return batches
+
+    def step_indices(self, step: int) -> list[int]:
+        epoch, i = divmod(step, max(self.steps_per_epoch, 1))
+        return self.epoch_batches(epoch)[i].tolist()
+
+    def padding_fraction(self, grouped: bool, epoch: int = 0) -> float | None:
+        """Padded share of the token slots of an epoch's micro-batches (None without lengths)."""
+        if self.lengths is None or self.steps_per_epoch == 0:
+            return None
+        lens = self.lengths[self.epoch_batches(epoch, grouped).reshape(-1, self.per_device)]
+        slots = float(lens.max(axis=1).sum()) * self.per_device
+        return 1.0 - float(lens.sum()) / slots if slots else 0.0
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         idx = self.step_indices(step)
@@ -105,5 +163,241 @@ class StepSampler:
 
 def batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---- micro-batch stream ---------------------------------------------------------------------------
+class _StepMicroBatches(torch.utils.data.Dataset):
+    """Item k = micro-batch k % A of step start + k // A for this rank, collated. A pure function of
+    k: DataLoader workers produce exactly what the inline path does, in order, and resuming at step s
+    starts the stream at s."""
+
+    def __init__(self, rows: Sequence[dict], sampler: StepSampler, collate: Callable, rank: int, start: int, stop: int):
+        self.rows, self.sampler, self.collate, self.rank = rows, sampler, collate, rank
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.sampler.grad_accum
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        step, m = divmod(k, self.sampler.grad_accum)
+        idx = self.sampler.micro_batches(self.start + step, self.rank)[m]
+        return self.collate([self.rows[i] for i in idx])
+
+
+class MicroBatchStream:
+    """The collated micro-batches of each optimizer step, from any step on. With `num_workers` > 0
+    they are collated in DataLoader worker processes (ahead of the step, pinned on CUDA) so the
+    collation overlaps the forward/backward; the mapped rows are shared, not copied, by the workers."""
+
+    def __init__(self, rows: Sequence[dict], sampler: StepSampler, collate: Callable, rank: int, total_steps: int,
+                 num_workers: int = 0, pin_memory: bool = False) -> None:
+        self.rows, self.sampler, self.collate, self.rank = rows, sampler, collate, rank
+        self.total, self.num_workers, self.pin = total_steps, num_workers, pin_memory
+        self._it: Iterator[dict[str, torch.Tensor]] | None = None
+        self._next_step = -1
+
+    def _open(self, step: int) -> None:
+        ds = _StepMicroBatches(self.rows, self.sampler, self.collate, self.rank, step, max(step, self.total))
+        self._it = iter(torch.utils.data.DataLoader(
+            ds, batch_size=None, shuffle=False, num_workers=self.num_workers, pin_memory=self.pin,
+            prefetch_factor=max(2, self.sampler.grad_accum), persistent_workers=False))
+        self._next_step = step
+
+    def step(self, step: int) -> list[dict[str, torch.Tensor]]:
+        if self.num_workers <= 0 or step >= self.total:
+            return [self.collate([self.rows[i] for i in idx]) for idx in self.sampler.micro_batches(step, self.rank)]
+        if self._it is None or step != self._next_step:
+            self._open(step)  # first call, resume, or a step taken outside the stream
+        assert self._it is not None
+        out = [next(self._it) for _ in range(self.sampler.grad_accum)]
+        self._next_step = step + 1
+        return out
+
+    def close(self) -> None:
+        self._it = None
+
+
+# ---- the cached path ------------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def main_first(env: Any, fn: Callable[[], T]) -> T:
+    """Rank 0 runs `fn` (building what is missing) while the others wait; then they run it too (it
+    only opens what rank 0 built, or builds it where the cache directory is not shared). A failure on
+    rank 0 stops every rank instead of leaving them in the barrier."""
+    err: BaseException | None = None
+    out: Any = None
+    if env.is_main:
+        try:
+            out = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            err = e
+    failed = env.all_reduce_sum([1.0 if err is not None else 0.0])[0] if env.world > 1 else float(err is not None)
+    if err is not None:
+        raise err
+    if failed:
+        raise LrtError("rank 0 failed to prepare the training data (its error is printed above)")
+    return out if env.is_main else fn()
+
+
+def cache_root(r: Recipe) -> Path:
+    """`data.cache_dir`, or `<output_dir>/data-cache` (set `data.cache_dir` to share it between runs)."""
+    return Path(resolve_path(r.data.cache_dir)) if r.data.cache_dir else Path(r.output_dir) / "data-cache"
+
+
+def n_candidates(examples: Sequence[ListwiseExample]) -> np.ndarray:
+    from lrt.data.cache import LazyExamples
+
+    if isinstance(examples, LazyExamples):
+        return examples.n_candidates
+    return np.asarray([len(e.candidates) for e in examples], dtype=np.int64)
+
+
+def max_identifiers(r: Recipe, train: Sequence[ListwiseExample], evals: Sequence[ListwiseExample]) -> int:
+    """Identifiers needed: the longest list after the data.window cut (train, eval window)."""
+    w = r.data.window
+    n = int(np.minimum(n_candidates(train), w or 10**9).max())
+    if len(evals):
+        longest = int(n_candidates(evals).max())
+        n = max(n, min(r.eval.window or w or longest, longest))
+    return n
+
+
+def encode_params(r: Recipe, template: PromptTemplate, id_token_ids: list[int] | None, include_target: bool) -> dict[str, Any]:
+    """Every setting `encode_example` reads: part of the cache fingerprint."""
+    return {"template": template, "scheme": r.identifier_scheme(), "id_token_ids": id_token_ids,
+            "max_length": r.data.max_length, "window": r.data.window, "include_target": include_target}
+
+
+@dataclass
+class TrainData:
+    """What the Trainer needs from the data layer."""
+
+    train_examples: Sequence[ListwiseExample]
+    eval_examples: Sequence[ListwiseExample]
+    tok: Any
+    template: PromptTemplate
+    id_ids: list[int] | None
+    rows: Sequence[dict] | None  # None: a sharded `lrt prep tokenize` left other shards to do
+    lengths: np.ndarray | None
+    cache_dir: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _open_split(r: Recipe, env: Any, source: str, limit: int | None) -> Sequence[ListwiseExample]:
+    from lrt.data.cache import open_examples
+
+    t0 = time.perf_counter()
+    exs, meta = main_first(env, lambda: open_examples(cache_root(r), resolve_path(source), r.data.split,
+                                                       r.data.on_invalid, limit, r.data.limit))
+    if meta.get("skipped") and env.is_main:
+        log.warning("data %s: %s", source, meta["skip_summary"])
+    log.debug("data %s: %d lists mapped from %s in %.2fs", source, len(exs), meta["dir"], time.perf_counter() - t0)
+    return exs
+
+
+def prepare_data(r: Recipe, env: Any, objective: Any, shard: tuple[int, int] | None = None) -> TrainData:
+    """Load/validate the splits, load the tokenizer, probe identifiers, tokenise the training lists.
+
+    Cached (default): every step goes through the on-disk stores, built by rank 0 first. `shard`
+    = (K, I) builds only contiguous shard I of K of the encoded store (`lrt prep tokenize`).
+    """
+    from lrt.data.collate import IdentifierError, identifier_token_ids
+    from lrt.modeling import load_tokenizer
+
+    t0 = time.perf_counter()
+    template = prompt_template(r)
+    limit = None if r.data.window else max_candidates(r.identifier_scheme())  # type: ignore[arg-type]
+    eval_src = r.eval.data or r.data.eval
+    if r.data.cache:
+        train = _open_split(r, env, r.data.train, limit)
+        evals = _open_split(r, env, eval_src, limit) if eval_src else []
+    else:
+        train = load_split(r, r.data.train)
+        evals = load_split(r, eval_src) if eval_src else []
+    if r.eval.max_queries:
+        evals = evals[: r.eval.max_queries]
+    n = max_identifiers(r, train, evals)
+    tok = load_tokenizer(r, n_identifiers=n)
+    id_ids = None
+    if objective.needs_scores or r.eval.every or r.eval.at_end:
+        try:  # probe once; ranking losses need single-token ids, evaluation merely skips without them
+            id_ids = identifier_token_ids(tok, template, n)
+        except IdentifierError as e:
+            if objective.needs_scores:
+                raise
+            if env.is_main:  # said once, at the start: otherwise every evaluation is skipped without a word
+                log.warning("eval: first-token evaluation cannot run, so eval.every/eval.at_end will be skipped "
+                            "for the whole run: %s", e)
+    t1 = time.perf_counter()
+    enc_ids = id_ids if objective.needs_scores else None
+    if not r.data.cache:
+        rows: Any = encode_all(r, tok, template, train, enc_ids, objective.needs_target)
+        lengths = np.asarray([len(x["input_ids"]) for x in rows], dtype=np.int64)
+        return TrainData(train, evals, tok, template, id_ids, rows, lengths,
+                         seconds={"load": t1 - t0, "encode": time.perf_counter() - t1})
+    params = encode_params(r, template, enc_ids, objective.needs_target)
+    kw = dict(max_length=r.data.max_length, id_token_ids=enc_ids, window=r.data.window,
+              include_target=objective.needs_target)
+
+    def encode(ex: ListwiseExample) -> dict[str, Any]:
+        return encode_example(tok, template, ex, **kw).to_row()  # type: ignore[arg-type]
+
+    root = cache_root(r)
+    rows = main_first(env, lambda: ensure_encoded(root, train, tok, params, encode, r.data.num_proc, shard))
+    return TrainData(train, evals, tok, template, id_ids, rows, rows.lengths if rows is not None else None, root,
+                     seconds={"load": t1 - t0, "encode": time.perf_counter() - t1})
+
+
+def ensure_encoded(root: Path, train: Any, tok: Any, params: dict[str, Any], encode: Callable[[ListwiseExample], dict],
+                   num_proc: int, shard: tuple[int, int] | None = None) -> Any:
+    """Open the encoded store of `train` under these params; build what is missing first."""
+    from lrt.data import cache
+
+    key = cache.encoded_key(train.key, tok, params)
+    d = root / f"encoded-{key}"
+    meta = {"key": key, "examples": train.key, "rows": len(train), "params": cache.stable_hash(params)[:16]}
+    if cache._manifest(d) is None:
+        k, ids = (shard[0], [shard[1]]) if shard else (cache.partial_shards(d) or 1, None)
+        todo = [i for i in (ids if ids is not None else range(k)) if not cache.shard_done(d, k, i)]
+        t0 = time.perf_counter()
+        for i in todo:
+            log.info("data cache: tokenising %s lists%s (num_proc %d) -> %s", len(train),
+                     f", shard {i}/{k}" if k > 1 else "", num_proc, d)
+            cache.build_encoded_shard(d, train, encode, k, i, num_proc)
+        if not cache.finish_encoded(d, k, meta):
+            log.info("data cache: shard(s) %s of %d done in %.1fs; the store completes when all %d are", todo, k,
+                     time.perf_counter() - t0, k)
+            return None
+        log.info("data cache: %d lists tokenised in %.1fs -> %s", len(train), time.perf_counter() - t0, d)
+    return cache.open_encoded(d)
+
+
+# ---- `lrt prep tokenize` -------------------------------------------------------------------------
+def tokenize_main(argv: Sequence[str]) -> int:
+    """Build the tokenised cache of a recipe ahead of training (optionally one contiguous shard)."""
+    from lrt.config import load_recipe
+    from lrt.train.dist import DistEnv
+    from lrt.train.objective import Objective
+
+    p = argparse.ArgumentParser(prog="lrt prep tokenize", description=tokenize_main.__doc__)
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, as for lrt train")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--shard-id", type=int, default=0)
+    a = p.parse_intermixed_args(list(argv))
+    if a.num_shards < 1 or not 0 <= a.shard_id < a.num_shards:
+        raise LrtError(f"--shard-id {a.shard_id} --num-shards {a.num_shards}: need 0 <= shard-id < num-shards")
+    r = load_recipe(a.recipe, a.overrides)
+    if not r.data.cache:
+        raise LrtError("data.cache is false in this recipe: there is no cache to build (drop data.cache=false)")
+    env = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    d = prepare_data(r, env, Objective.from_recipe(r), shard=(a.num_shards, a.shard_id) if a.num_shards > 1 else None)
+    where = cache_root(r)
+    if d.rows is None:
+        print(f"tokenised shard {a.shard_id}/{a.num_shards} -> {where} (the cache completes when every shard is done)")
+    else:
+        print(f"tokenised cache ready: {len(d.rows)} lists -> {where}")
+    return 0
 
 

@@ -1,0 +1,404 @@
+"""Tokenised-dataset cache: validate and tokenise once, memory-map everywhere.
+
+Two Arrow stores per split, each in a directory named by its fingerprint:
+
+- `examples-<fp>`: the validated listwise examples (texts included), keyed by the data file's
+  contents and the loader settings. Read lazily (evaluation reranks from it; training reads the
+  candidate counts only).
+- `encoded-<fp>`: the output of `lrt.data.collate.encode_example` for every example, keyed by the
+  examples' key plus everything that changes the encoding: the tokenizer (vocabulary, merges, added
+  tokens, chat template), the prompt template and identifier scheme, the probed identifier ids,
+  `max_length`, the window, whether the target is kept, the lrt version and a hash of the encoder's own
+  source (collate/prompts/schema), so a change there invalidates old caches without a version bump.
+
+A store is complete only once its `manifest.json` exists (written last, atomically), so a killed
+build is never read. A fingerprint mismatch is simply another directory: a stale cache cannot be
+picked up. The encoded store may be built in K contiguous shards by separate processes
+(`lrt prep tokenize --num-shards K --shard-id I`); the manifest lists its Arrow pieces in order.
+Reading a store maps its files (`datasets.Dataset.from_file`): ranks share the page cache instead of
+each holding Python lists, and DataLoader workers re-map by path instead of copying.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from lrt.data.schema import ListwiseExample, SkipReport, _no_rows, example_from_row, iter_examples
+from lrt.errors import DataError
+from lrt.io.atomic import atomic_write
+
+log = logging.getLogger("lrt")
+
+FORMAT_VERSION = 1  # bump when the layout of a store changes
+_ENCODER_MODULES = ("lrt.data.collate", "lrt.data.prompts", "lrt.data.schema", "lrt.data.cache")
+
+
+# ---- fingerprints ---------------------------------------------------------------------------
+def stable_hash(obj: Any) -> str:
+    """sha256 of a canonical JSON rendering (sorted keys; dataclasses and tuples as JSON)."""
+    def default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        if isinstance(o, Path):
+            return str(o)
+        return repr(o)
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode("utf-8")).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_fingerprint(source: str, split: str) -> str:
+    """Contents of a data file (or of every file of a directory); a `datasets` source's own fingerprint."""
+    p = Path(source)
+    if p.is_file():
+        return f"file:{file_digest(p)}:{p.stat().st_size}"
+    if p.is_dir() and any(p.glob("*.parquet")):
+        return "dir:" + stable_hash([(f.name, file_digest(f)) for f in sorted(p.glob("*.parquet"))])
+    if p.suffix:
+        raise DataError(f"{source}: data file not found (check the data paths in the recipe)")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # noqa: BLE001 - surface as one user-facing message
+        raise DataError(f"{source}: cannot load as a `datasets` source ({type(e).__name__}: {e})") from None
+    return f"datasets:{ds._fingerprint}"
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """Everything of a tokenizer that changes ids: the fast tokenizer's full JSON (vocabulary, merges,
+    normalizer, added tokens), the chat template, special tokens and the class."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    extra = {"cls": type(tok).__name__, "chat_template": getattr(tok, "chat_template", None),
+             "special": {k: str(v) for k, v in sorted(getattr(tok, "special_tokens_map", {}).items())},
+             "eos": tok.eos_token, "bos": getattr(tok, "bos_token", None), "len": len(tok)}
+    return hashlib.sha256(body.encode("utf-8") + stable_hash(extra).encode()).hexdigest()
+
+
+def code_fingerprint() -> str:
+    """The lrt version and the source of the encoder/prompt/schema modules."""
+    import importlib
+
+    from lrt import __version__
+
+    h = hashlib.sha256(f"{__version__}:{FORMAT_VERSION}".encode())
+    for name in _ENCODER_MODULES:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())  # type: ignore[arg-type]
+    return h.hexdigest()
+
+
+# ---- Arrow schemas ----------------------------------------------------------------------------
+def example_features() -> Any:
+    import datasets
+
+    s = datasets.Value("string")
+    return datasets.Features({
+        "qid": s, "query": s,
+        "candidates": datasets.List({"docid": s, "text": s, "title": s}),
+        "ranking": datasets.List(s),
+        "relevance": datasets.List(datasets.Value("float64")),
+        # full qrels of the query (evaluation), as pairs: one struct per docid would not share a schema
+        "qrels": datasets.List({"docid": s, "relevance": datasets.Value("int64")}),
+        "n_candidates": datasets.Value("int32"),
+        "extra": s,
+    })
+
+
+def encoded_features(fields: Sequence[tuple[str, Any]]) -> Any:
+    """Arrow types from the `Encoded` dataclass fields: ints as int32 (half of int64 on disk and in the
+    page cache; every token id and position fits), floats as float64 (read back exactly)."""
+    import datasets
+
+    kinds = {"int": datasets.Value("int32"), "bool": datasets.Value("bool"), "list[int]": datasets.List(datasets.Value("int32")),
+             "float": datasets.Value("float64"), "list[float]": datasets.List(datasets.Value("float64")),
+             "list[float] | None": datasets.List(datasets.Value("float64")),
+             "list[int] | None": datasets.List(datasets.Value("int32"))}
+    feats = {}
+    for name, ann in fields:
+        ann = ann if isinstance(ann, str) else str(ann)
+        if ann not in kinds:
+            raise TypeError(f"Encoded.{name}: annotation {ann!r} has no Arrow type in lrt.data.cache.encoded_features")
+        feats[name] = kinds[ann]
+    feats["length"] = datasets.Value("int32")
+    return datasets.Features(feats)
+
+
+def encoded_fields() -> list[tuple[str, Any]]:
+    from lrt.data.collate import Encoded
+
+    return [(f.name, f.type) for f in dataclasses.fields(Encoded)]
+
+
+# ---- lazy views ---------------------------------------------------------------------------------
+def _open(paths: Sequence[Path]) -> Any:
+    import datasets
+
+    parts = [datasets.Dataset.from_file(str(p), in_memory=False) for p in paths]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+class LazyExamples(Sequence[ListwiseExample]):
+    """`ListwiseExample`s read one at a time from the mapped examples store; slicing gives a view."""
+
+    def __init__(self, ds: Any, index: np.ndarray | None = None, key: str = "") -> None:
+        self.ds = ds
+        self.index = np.arange(len(ds)) if index is None else index
+        self.key = key  # the store's fingerprint (part of the encoded store's)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: Any) -> Any:  # int -> example, slice -> view
+        if isinstance(i, slice):
+            return LazyExamples(self.ds, self.index[i], self.key)
+        return _example(self.ds[int(self.index[i])])
+
+    def __iter__(self) -> Iterator[ListwiseExample]:
+        for i in self.index:
+            yield _example(self.ds[int(i)])
+
+    @property
+    def n_candidates(self) -> np.ndarray:
+        col = self.ds.data.column("n_candidates").to_numpy()
+        return col[self.index]
+
+
+_COLUMNS = ("qid", "query", "candidates", "ranking", "relevance")
+
+
+def _store_row(ex: ListwiseExample) -> dict[str, Any]:
+    """Typed columns for what every row has; any other field of `to_row` (e.g. `qrels`) as JSON."""
+    row = ex.to_row()
+    out = {k: row.pop(k, None) for k in _COLUMNS}
+    for c in out["candidates"]:
+        c.setdefault("title", None)
+    out["n_candidates"] = len(ex.candidates)
+    out["extra"] = json.dumps(row, sort_keys=True) if row else None
+    return out
+
+
+def _example(row: dict[str, Any]) -> ListwiseExample:
+    """Back through the loader's own constructor, so a field the schema gains is never dropped."""
+    r: dict[str, Any] = {"qid": row["qid"], "query": row["query"], "ranking": row["ranking"],
+                         "candidates": [{k: v for k, v in c.items() if v is not None} for c in row["candidates"]]}
+    if row["relevance"] is not None:
+        r["relevance"] = row["relevance"]
+    if row.get("extra"):
+        r.update(json.loads(row["extra"]))
+    return example_from_row(r)
+
+
+class EncodedRows(Sequence[dict]):
+    """Encoded training rows read lazily from the mapped store: `rows[i]` is the dict the collator
+    takes (Python ints per row, for one batch at a time); `lengths` is the token count of every row."""
+
+    def __init__(self, ds: Any, path: Path | None = None) -> None:
+        self.ds = ds
+        self.path = path
+        self.lengths = np.asarray(ds.data.column("length").to_numpy(), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: Any) -> dict[str, Any]:
+        return self.ds[int(i)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(len(self)):
+            yield self.ds[i]
+
+    def take(self, idx: Sequence[int]) -> list[dict[str, Any]]:
+        return [self.ds[int(i)] for i in idx]
+
+
+# ---- stores -------------------------------------------------------------------------------------
+def _manifest(d: Path) -> dict[str, Any] | None:
+    m = d / "manifest.json"
+    if not m.is_file():
+        return None
+    try:
+        return json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_manifest(d: Path, meta: dict[str, Any]) -> None:
+    atomic_write(d / "manifest.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode("utf-8")))
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a finished tmp dir into place; losing a race to an identical build is fine."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if _manifest(final) is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def examples_key(source: str, split: str, on_invalid: str, max_candidates: int | None, limit: int | None) -> str:
+    return stable_hash({"source": source_fingerprint(source, split), "split": split, "on_invalid": on_invalid,
+                        "max_candidates": max_candidates, "limit": limit, "code": code_fingerprint()})[:20]
+
+
+def build_examples(dest: Path, source: str, split: str, on_invalid: str, max_candidates: int | None,
+                   limit: int | None, key: str) -> None:
+    """Stream the source through the row validator into one Arrow file (never all rows in memory)."""
+    from datasets.arrow_writer import ArrowWriter
+
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    report = SkipReport()
+    n = 0
+    with ArrowWriter(features=example_features(), path=str(tmp / "examples.arrow"), writer_batch_size=256) as w:
+        for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split):  # type: ignore[arg-type]
+            w.write(_store_row(ex))
+            n += 1
+            if limit is not None and n >= limit:
+                break
+        w.finalize()
+    if not n:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _no_rows(source, report)
+    _write_manifest(tmp, {"kind": "examples", "key": key, "source": source, "rows": n,
+                          "skipped": report.skipped, "skip_summary": report.summary(), "pieces": ["examples.arrow"]})
+    _publish(tmp, dest)
+
+
+def open_examples(cache_dir: Path, source: str, split: str, on_invalid: str, max_candidates: int | None,
+                  limit: int | None, build: bool = True) -> tuple[LazyExamples, dict[str, Any]]:
+    """The examples store of a split, built first if missing (and `build`)."""
+    key = examples_key(source, split, on_invalid, max_candidates, limit)
+    d = Path(cache_dir) / f"examples-{key}"
+    meta = _manifest(d)
+    if meta is None:
+        if not build:
+            raise FileNotFoundError(d)
+        t0 = time.perf_counter()
+        build_examples(d, source, split, on_invalid, max_candidates, limit, key)
+        meta = _manifest(d)
+        assert meta is not None
+        log.info("data cache: validated %d lists of %s in %.1fs -> %s", meta["rows"], source, time.perf_counter() - t0, d)
+    return LazyExamples(_open([d / p for p in meta["pieces"]]), key=key), {**meta, "dir": str(d)}
+
+
+def encoded_key(examples_fp: str, tokenizer: Any, params: dict[str, Any]) -> str:
+    return stable_hash({"examples": examples_fp, "tokenizer": tokenizer_fingerprint(tokenizer), "params": params,
+                        "fields": [(n, str(t)) for n, t in encoded_fields()], "code": code_fingerprint()})[:20]
+
+
+_WORKER: dict[str, Any] = {}  # set before forking encode workers (the tokenizer is inherited, not pickled)
+
+
+def _encode_piece(job: tuple[int, int, str]) -> int:
+    """Encode examples [start, stop) of the mapped examples store into one Arrow file."""
+    from datasets.arrow_writer import ArrowWriter
+
+    start, stop, path = job
+    encode: Callable[[ListwiseExample], dict[str, Any]] = _WORKER["encode"]
+    src = _WORKER["examples"]
+    from lrt.progress import Progress
+
+    k = _WORKER.get("n_jobs", 1)  # the first piece's worker reports for all (pieces are equal-sized)
+    bar = Progress(stop - start, "encode" if k == 1 else f"encode (worker 1 of {k})", unit="list", leave=False,
+                   enabled=path == _WORKER.get("first_job") and os.environ.get("RANK", "0") == "0")
+    with ArrowWriter(features=_WORKER["features"], path=path, writer_batch_size=256) as w:
+        for i in range(start, stop):
+            row = encode(_example(src[i]))
+            row["length"] = len(row["input_ids"])
+            w.write(row)
+            bar.update(1)
+        w.finalize()
+    bar.close()
+    return stop - start
+
+
+def _split(start: int, stop: int, k: int) -> list[tuple[int, int]]:
+    n = stop - start
+    return [(start + n * j // k, start + n * (j + 1) // k) for j in range(k)]
+
+
+def shard_done(d: Path, num_shards: int, shard_id: int) -> bool:
+    return (d / f"shards-{num_shards}" / f"{shard_id:05d}" / "done.json").is_file()
+
+
+def build_encoded_shard(d: Path, examples: LazyExamples, encode: Callable[[ListwiseExample], dict[str, Any]],
+                        num_shards: int, shard_id: int, num_proc: int = 1) -> Path:
+    """Encode contiguous shard `shard_id` of `num_shards` into `d/shards-K/I` (atomically)."""
+    final = d / f"shards-{num_shards}" / f"{shard_id:05d}"
+    if shard_done(d, num_shards, shard_id):
+        return final
+    start, stop = _split(0, len(examples), num_shards)[shard_id]
+    tmp = final.parent / f".tmp-{shard_id:05d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pieces = _split(start, stop, max(1, min(num_proc, stop - start)))
+    jobs = [(a, b, str(tmp / f"part-{j:03d}.arrow")) for j, (a, b) in enumerate(pieces)]
+    _WORKER.update(encode=encode, examples=examples.ds, features=encoded_features(encoded_fields()),
+                   first_job=jobs[0][2], n_jobs=len(jobs))
+    try:
+        if len(jobs) == 1:
+            _encode_piece(jobs[0])
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("fork").Pool(len(jobs)) as pool:
+                pool.map(_encode_piece, jobs, chunksize=1)
+    finally:
+        _WORKER.clear()
+    atomic_write(tmp / "done.json", lambda fh: fh.write(json.dumps(
+        {"start": start, "stop": stop, "pieces": [Path(p).name for _, _, p in jobs]}).encode("utf-8")))
+    _publish(tmp, final)
+    return final
+
+
+def finish_encoded(d: Path, num_shards: int, meta: dict[str, Any]) -> bool:
+    """Write the manifest once every shard of K exists; True when the store is complete."""
+    if _manifest(d) is not None:
+        return True
+    base = d / f"shards-{num_shards}"
+    pieces: list[str] = []
+    for i in range(num_shards):
+        done = base / f"{i:05d}" / "done.json"
+        if not done.is_file():
+            return False
+        pieces += [f"shards-{num_shards}/{i:05d}/{p}" for p in json.loads(done.read_text(encoding="utf-8"))["pieces"]]
+    _write_manifest(d, {**meta, "kind": "encoded", "num_shards": num_shards, "pieces": pieces})
+    return True
+
+
+def partial_shards(d: Path) -> int | None:
+    """K of an unfinished sharded build (`lrt prep tokenize` killed or not run for every shard)."""
+    for p in sorted(d.glob("shards-*")):
+        try:
+            return int(p.name.split("-", 1)[1])
+        except ValueError:
+            continue
+    return None
+
+
+def open_encoded(d: Path) -> EncodedRows:
+    meta = _manifest(d)
+    if meta is None:
+        raise FileNotFoundError(d)
+    return EncodedRows(_open([d / p for p in meta["pieces"]]), d)

@@ -23,14 +23,13 @@ commands:
   rerank ...                        rerank a TREC run with an exported model (lrt rerank -h)
   eval --qrels Q --run R [...]      trec_eval-exact metrics via ir-measures (lrt eval -h)
   export RUN_DIR --out DIR          merge LoRA and write a Hugging Face reranker checkpoint
-  plot RUN_DIR [RUN_DIR ...]        loss terms, LR, grad norm and eval nDCG of runs, overlaid (PNG)
   bench ...                         benchmarks (lrt bench -h)
+"""
+
   recipes list | copy NAME DEST     list the shipped recipes/prep jobs/launch files; copy one out
 
 options:
   -V, --version                     print lrt's version
-"""
-
 
 def _validate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lrt validate", description="Validate a recipe without training.")
@@ -87,12 +86,8 @@ def _train(argv: list[str]) -> int:
 
     res = train(recipe)
     if res.eval_history and int(os.environ.get("RANK", "0")) == 0:
-        from lrt.train.loop import headline_key
-
         last = res.eval_history[-1]
-        key = headline_key(last)  # eval/nDCG@10 (full qrels) or eval/nDCG@10_candidates / _teacher
-        init = key.replace("eval/nDCG@10", "eval/initial_nDCG@10")
-        print(f"{key} {last[key]:.4f} (initial order {last[init]:.4f})")
+        print(f"eval nDCG@10 {last['eval/nDCG@10']:.4f} (initial order {last['eval/initial_nDCG@10']:.4f})")
     if res.final_dir and int(os.environ.get("RANK", "0")) == 0:
         print(f"exported: {res.final_dir}")
     return 0
@@ -117,8 +112,6 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": _lazy("lrt.evaluate"),
     "export": _lazy("lrt.export_cli"),
     "bench": _lazy("lrt.bench"),
-    "recipes": _lazy("lrt.recipes_cli"),
-    "plot": _lazy("lrt.plot"),
 }
 
 
@@ -126,18 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "datasets", "DeepSpeed", "torch.distributed"):
+    "recipes": _lazy("lrt.recipes_cli"),
+    "plot": _lazy("lrt.plot"),
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
-    if argv[0] in ("-V", "--version"):
-        from lrt import __version__
-
-        print(f"lrt {__version__}")
-        return 0
-    if not sys.stderr.isatty():  # Slurm/CI logs: no carriage-return redraws from HF libraries' bars
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows huggingface_hub
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         import difflib
@@ -147,16 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        rc = COMMANDS[cmd](rest)
-        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
-        return rc
-    except BrokenPipeError:  # `lrt eval ... | head`: the reader left; stop quietly like any Unix tool
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
-        return 141
+        return COMMANDS[cmd](rest)
     except LrtError as e:
         print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 2, or 75 for a preempted (checkpointed) training run
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,13 +53,7 @@ def encode_all(
     """Encode every example once; with data.num_proc > 1 through `datasets.map` worker processes."""
     kw = dict(max_length=r.data.max_length, id_token_ids=id_token_ids, window=r.data.window, include_target=include_target)
     if r.data.num_proc <= 1:
-        import os
-
-        from lrt.progress import track
-
-        show = r.log.progress and os.environ.get("RANK", "0") == "0"  # one bar, on rank 0
-        return [encode_example(tokenizer, template, ex, **kw).to_row()  # type: ignore[arg-type]
-                for ex in track(examples, "encode", unit="list", enabled=show, leave=False)]
+        return [encode_example(tokenizer, template, ex, **kw).to_row() for ex in examples]  # type: ignore[arg-type]
     import datasets
 
     def fn(row: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +320,7 @@ def prepare_data(r: Recipe, env: Any, objective: Any, shard: tuple[int, int] | N
         except IdentifierError as e:
             if objective.needs_scores:
                 raise
-            if env.is_main:  # said once, at the start: otherwise every evaluation is skipped without a word
+            if getattr(env, "is_main", True):  # said once, at the start: else every evaluation is skipped silently
                 log.warning("eval: first-token evaluation cannot run, so eval.every/eval.at_end will be skipped "
                             "for the whole run: %s", e)
     t1 = time.perf_counter()

@@ -69,15 +69,10 @@ class DataConfig(Strict):
     cache_dir: str | None = Field(None, description="default <output_dir>/data-cache; share it between runs")
     group_by_length: bool | None = Field(None, description="default: on when train.per_device_batch_size > 1")
     num_workers: int = Field(0, ge=0, description="DataLoader processes collating batches ahead of the step")
-    # tokenised cache (lrt.data.cache): built once, memory-mapped by every rank
-    cache: bool = True
-    cache_dir: str | None = Field(None, description="default <output_dir>/data-cache; share it between runs")
-    group_by_length: bool | None = Field(None, description="default: on when train.per_device_batch_size > 1")
-    num_workers: int = Field(0, ge=0, description="DataLoader processes collating batches ahead of the step")
 
 
 class PromptConfig(Strict):
-    preset: Literal["first_alpha", "rankgpt_numeric", "compact"] = "first_alpha"
+    preset: Literal["first_alpha", "rank_llm", "rank_llm_numeric", "rankgpt_numeric", "compact"] = "first_alpha"
     system: str | None = None
     prefix: str | None = None
     suffix: str | None = None
@@ -86,6 +81,7 @@ class PromptConfig(Strict):
     max_passage_tokens: int = Field(300, gt=0)
     chat_template: Literal["auto", "none"] = "auto"
     system_in_user: bool = False
+    bos: Literal["auto", "always", "never"] = "auto"  # auto: BOS iff the tokenizer adds one and the template has none
 
 
 class LossTerm(Strict):
@@ -218,35 +214,13 @@ def cross_field_problems(r: Recipe) -> list[str]:
 
 
 def _loss_problems(terms: list[LossTerm]) -> list[str]:
-    out: list[str] = []
     try:
-        from lrt.losses.registry import RANKING_LOSSES, get_ranking_loss
+        from lrt.losses.registry import param_problems
     except ImportError:  # loss library not importable: report rather than crash
         return ["loss: the loss registry (lrt.losses) cannot be imported"]
-    for i, t in enumerate(terms):
-        if t.name == "lm":
-            bad = set(t.params) - LM_PARAMS
-            if bad:
-                out.append(f"loss[{i}].params: unknown lm param(s) {sorted(bad)}; allowed {sorted(LM_PARAMS)}")
-            continue
-        if t.name not in RANKING_LOSSES:
-            hint = difflib.get_close_matches(t.name, [*RANKING_LOSSES, "lm"], n=1)
-            out.append(
-                f"loss[{i}].name: unknown loss {t.name!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; choose from {sorted([*RANKING_LOSSES, 'lm'])}"
-            )
-            continue
-        params = dict(t.params)
-        if t.name == "lipo_lambda":
-            beta = params.pop("beta", 0.1)
-            if not isinstance(beta, (int, float)) or beta <= 0:
-                out.append(f"loss[{i}].params.beta: must be a number > 0 (got {beta!r})")
-        try:
-            get_ranking_loss(t.name, **params)
-        except (ValueError, TypeError) as e:
-            out.append(f"loss[{i}].params: {e}")
-    return out
+    # every bad param of every term (lm included), each under its dotted key
+    return [f"loss[{i}].{'params.' + k if k else 'name'}: {msg}"
+            for i, t in enumerate(terms) for k, msg in param_problems(t.name, dict(t.params)).items()]
 
 
 # ---------------------------------------------------------------------------------------------

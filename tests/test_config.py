@@ -1,6 +1,7 @@
 """Recipes: strict schema, dotted overrides, every problem at once, no tracebacks."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
 def base(tmp_path) -> dict:
-    (tmp_path / "t.jsonl").write_text("{}\n")
+    row = {"qid": "1", "query": "q", "candidates": [{"docid": "a", "text": "x"}], "ranking": ["a"]}
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")  # `lrt validate` checks the rows too
     return {"model": {"name_or_path": "x"}, "data": {"train": str(tmp_path / "t.jsonl")}, "output_dir": str(tmp_path / "o")}
 
 

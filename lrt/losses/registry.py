@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 from typing import Any, Callable
 
 from torch import Tensor
@@ -48,26 +49,90 @@ def _lookup(name: str) -> RankingLoss:
     return RANKING_LOSSES[name]
 
 
+# The `lm` term is not a ranking loss (it reads hidden states, see lrt.train.objective) but its
+# params are recipe data too: each is checked here, so `normalize: bogus` cannot silently mean "tokens".
+LM_PARAMS: dict[str, str] = {
+    "importance": "true or false (fullrank importance-aware token weights)",
+    "alpha": "a finite number >= 0 (weight of separator/EOS tokens under importance)",
+    "normalize": "one of 'tokens', 'weights'",
+    "chunk_size": "null or an int >= 1 (vocabulary rows per logits chunk)",
+    "kernel": "one of 'torch', 'liger'",
+}
+_LM_CHOICES = {"normalize": ("tokens", "weights"), "kernel": ("torch", "liger")}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _lm_ok(key: str, v: Any) -> bool:
+    if key in _LM_CHOICES:
+        return v in _LM_CHOICES[key]
+    if key == "importance":
+        return isinstance(v, bool)
+    if key == "alpha":
+        return _number(v) and v >= 0
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)  # chunk_size
+
+
+def param_problems(name: str, params: dict[str, Any], in_recipe: bool = True) -> dict[str, str]:
+    """Every bad parameter of loss `name` (`lm` or a registered ranking loss): {param: problem}.
+
+    All of them, not the first: a recipe is fixed in one round. Unknown names get a did-you-mean,
+    bad values the allowed choices or range. An unknown loss name is reported under "". In a
+    recipe, `reduction` is the objective's (sum over lists / global list count), not the term's.
+    """
+    if name == "lm":
+        allowed: list[str] = sorted(LM_PARAMS)
+    elif name in RANKING_LOSSES:
+        allowed = sorted(loss_params(name))
+        if name == "lipo_lambda":
+            allowed = sorted([*allowed, "beta"])
+    else:
+        options = sorted([*RANKING_LOSSES, "lm"])
+        close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return {"": f"unknown loss {name!r}{hint}; choose from {options}"}
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if key not in allowed:
+            what = "unknown lm param" if name == "lm" else f"ranking loss {name!r} has no parameter"
+            out[key] = f"{what} {key!r}; allowed: {allowed}.{_did_you_mean(key, allowed)}"
+        elif name == "lm":
+            if not _lm_ok(key, value):
+                hint = _did_you_mean(value, list(_LM_CHOICES.get(key, ()))) if isinstance(value, str) else ""
+                out[key] = f"{key}={value!r} must be {LM_PARAMS[key]}.{hint}"
+        elif key == "reduction" and in_recipe:
+            out[key] = ("reduction is set by the objective (each term is summed over lists and divided by the "
+                        "global list count, exact under accumulation); remove it")
+        elif key == "beta":  # lipo_lambda's reference scale, used by the objective, not the loss function
+            if not (_number(value) and value > 0):
+                out[key] = f"beta={value!r} must be a finite number > 0"
+        else:
+            try:
+                check_param(key, value)
+            except ValueError as err:
+                choices = [c for c in PARAM_CHOICES.get(key, ()) if isinstance(c, str)]
+                hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
+                out[key] = f"{err}.{hint}"
+    return out
+
+
+def check_loss_params(name: str, params: dict[str, Any], in_recipe: bool = True) -> None:
+    """Raise one ValueError naming every bad parameter of loss `name`."""
+    bad = param_problems(name, params, in_recipe)
+    if bad:
+        raise ValueError(f"loss {name!r}: " + "; ".join(f"params.{k}: {v}" if k else v for k, v in bad.items()))
+
+
 def get_ranking_loss(name: str, **params: Any) -> RankingLoss:
     """The loss `name` with `params` bound: call it as `loss(scores, ranks, relevance)`.
 
     Parameter names are checked against the function signature and values against the allowed
-    choices/ranges, so every mistake surfaces here as a ValueError.
+    choices/ranges (all of them, in one ValueError), so every mistake surfaces here.
     """
     fn = _lookup(name)
-    allowed = loss_params(name)
-    for key, value in params.items():
-        if key not in allowed:
-            raise ValueError(
-                f"ranking loss {name!r} has no parameter {key!r}; allowed: {sorted(allowed)}."
-                f"{_did_you_mean(key, sorted(allowed))}"
-            )
-        try:
-            check_param(key, value)
-        except ValueError as err:
-            choices = [c for c in PARAM_CHOICES.get(key, ()) if isinstance(c, str)]
-            hint = _did_you_mean(value, choices) if isinstance(value, str) else ""
-            raise ValueError(f"ranking loss {name!r}: {err}.{hint}") from None
+    check_loss_params(name, params, in_recipe=False)
     bound = functools.partial(fn, **params)
     functools.update_wrapper(bound, fn)
     return bound

@@ -32,10 +32,11 @@ class Objective:
     """Builds the terms once; `denominators(batch)` and `numerators(...)` per micro-batch."""
 
     def __init__(self, terms: list[LossTerm]) -> None:
-        from lrt.losses.registry import get_ranking_loss
+        from lrt.losses.registry import check_loss_params, get_ranking_loss
 
         self.terms: list[Term] = []
         for t in terms:
+            check_loss_params(t.name, dict(t.params))  # every bad param of every term (lm too), not a fallback
             if t.name == "lm":
                 self.terms.append(Term("lm", t.weight, "lm", params=dict(t.params)))
             elif t.name in REFERENCE_LOSSES:

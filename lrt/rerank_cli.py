@@ -33,6 +33,8 @@ from lrt.io.atomic import atomic_write
 from lrt.io.trec import read_corpus, read_run, read_topics
 from lrt.rerank import BACKENDS, MODES, Query
 
+ARGV_ENV = "LRT_RERANK_ARGV"
+
 
 @dataclass
 class Plan:
@@ -231,12 +233,15 @@ def _relaunch(argv: list[str], nproc: int) -> int:
         if x.startswith("--nproc-per-node="):
             continue
         rest.append(x)
+    # the arguments travel in the environment: torchrun's own parser would take `--run` for its
+    # `--run-path` (argparse abbreviations), even after the module name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node",
-           str(nproc), "-m", "lrt.cli", "rerank", *rest]
+           str(nproc), "-m", "lrt.rerank_cli"]
     if dry_run():
-        print(shlex.join(cmd))
+        print(f"{ARGV_ENV}={shlex.quote(json.dumps(rest))} {shlex.join(cmd)}")
         return 0
     env = dict(os.environ)
+    env[ARGV_ENV] = json.dumps(rest)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
     env["LRT_RERANK_NPROC"] = str(nproc)
     try:
@@ -247,6 +252,8 @@ def _relaunch(argv: list[str], nproc: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv and os.environ.get(ARGV_ENV) and "LOCAL_RANK" in os.environ:  # a torchrun worker of _relaunch
+        argv = json.loads(os.environ[ARGV_ENV])
     a = build_parser().parse_args(argv)
     if a.top_k < 1:
         raise LrtError(f"--top-k must be >= 1 (got {a.top_k})")
@@ -378,4 +385,6 @@ def _main_distributed(a: argparse.Namespace, plan: Plan, common: dict[str, Any])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lrt.cli import main as cli_main
+
+    sys.exit(cli_main(["rerank", *sys.argv[1:]]))

@@ -116,8 +116,13 @@ class OpenAIBackend:
             log.warning("the decoded prompt does not re-tokenize to the same ids with this tokenizer; the server may "
                         "see a slightly different prompt: use --prompt-format tokens for an exact prompt")
         bos = getattr(tok, "bos_token", None)
-        if bos and text.startswith(bos) and tok("x")["input_ids"][:1] == [tok.bos_token_id]:
+        server_adds_bos = bool(bos) and tok("x")["input_ids"][:1] == [tok.bos_token_id]
+        if server_adds_bos and text.startswith(bos):
             text = text[len(bos):]
+        elif server_adds_bos and not self._warned:
+            self._warned = True
+            log.warning("the model was trained without BOS but a server tokenizing this text prompt adds one (vLLM: "
+                        "add_special_tokens=True): use --prompt-format tokens for the trained prompt")
         return text
 
     def _raise_unanswered(self, qid: str, error: str | None) -> None:

@@ -1,4 +1,4 @@
-"""rank_llm interop: its request/result JSONL, and what rank_llm needs to serve an lrt export.
+"""rank_llm interop: read and write its request/result JSONL (`lrt rerank --requests ... --out x.jsonl`).
 
 Schema (castorini/rank_llm 0.25, `rank_llm.data`: `Request`, `Result`, `read_requests_from_file`,
 `DataWriter.write_in_jsonl_format`), one object per line:
@@ -10,7 +10,9 @@ Schema (castorini/rank_llm 0.25, `rank_llm.data`: `Request`, `Result`, `read_req
 Requests list candidates in first-stage order; results list them best-first. rank_llm reads the
 passage from the first of text/segment/contents/content/body/passage (that order) plus an optional
 title; so does `read_requests`. `write_results` writes lrt's scores (strictly decreasing) into
-`score` and hands each `doc` back unchanged, so rank_llm's own reader loads the file.
+`score` and hands each `doc` back unchanged, so rank_llm's own reader loads the file. What rank_llm
+needs to *serve* an lrt export with the same prompt is in the export's `lrt_reranker.json`
+(`rank_llm`, from `lrt.data.prompts.rank_llm_serving`) and its model card.
 """
 from __future__ import annotations
 
@@ -143,63 +145,3 @@ def write_requests(path: str | Path, requests: Sequence[tuple[str, str, Sequence
                              "doc": {"text": c.text, **({"title": c.title} if c.title else {})}} for c, s in cands]}
             for qid, q, cands in requests]
     atomic_write(path, lambda fh: fh.write(_jsonl(rows)))
-
-
-def rank_llm_serving(template: dict[str, Any], window: int, stride: int, max_length: int) -> dict[str, Any]:
-    """What rank_llm (RankListwiseOSLLM / `Reranker.create_model_coordinator`) needs to serve an lrt
-    export with the prompt it was trained on: a singleturn_listwise prompt template (the YAML
-    fields of rank_llm's `prompt_templates/*.yaml`) rendered from lrt's template, and the FIRST
-    settings (`use_logits`, `use_alpha`, window, stride, context size).
-
-    `exact` says whether rank_llm will render the very same text: only for alpha/numeric
-    identifiers, a passage line `[{id}] {text}`, and where rank_llm's own passage preprocessing
-    (300 words, ftfy, "[n]" -> "(n)", "Title: ... Content: ...") matches the template (the
-    `rank_llm` prompt preset); otherwise `differences` lists what rank_llm would change.
-    """
-    scheme = template.get("identifiers", "alpha")
-    passage = str(template.get("passage", "[{id}] {text}\n"))
-    body = passage.replace("{id}", "{rank}").replace("{text}", "{candidate}")
-    diffs = []
-    if scheme == "special":
-        diffs.append("special identifiers <id_k> (rank_llm knows only letters or numbers)")
-    if passage.rstrip("\n") != "[{id}] {text}":
-        diffs.append(f"passage line {passage!r} (rank_llm writes '[{{rank}}] {{candidate}}')")
-    if template.get("chat_template", "auto") == "none":
-        diffs.append("chat_template none (rank_llm always applies the tokenizer's chat template)")
-    if template.get("system_in_user"):
-        diffs.append("system_in_user (rank_llm sends the system message as a system turn)")
-    if template.get("passage_preprocessing") != "rank_llm":  # a template that replicates rank_llm's may say so
-        diffs.append("passage preprocessing: rank_llm cuts passages to 300 words, applies ftfy and writes titles as "
-                     "'Title: ... Content: ...'; lrt cuts to max_passage_tokens tokens and writes 'title: text'")
-    tpl = {
-        "method": "singleturn_listwise",
-        "system_message": template.get("system") or "",
-        "prefix": template.get("prefix", ""),
-        "body": body,
-        "suffix": template.get("suffix", ""),
-        "output_validation_regex": r"^\[[A-Z]\]( > \[[A-Z]\])*$" if scheme == "alpha" else r"^\[\d+\]( > \[\d+\])*$",
-        "output_extraction_regex": r"\[([A-Z])\]" if scheme == "alpha" else r"\[(\d+)\]",
-    }
-    return {
-        "prompt_template": tpl,
-        "use_logits": True,
-        "use_alpha": scheme == "alpha",
-        "window_size": window,
-        "stride": stride,
-        "context_size": max_length,
-        "exact": not diffs,
-        "differences": diffs,
-        "command": ("python src/rank_llm/scripts/run_rank_llm.py --model_path=MODEL_DIR --prompt_template_path="
-                    "MODEL_DIR/rank_llm_template.yaml --use_logits --context_size "
-                    f"{max_length} --window_size {window} --stride {stride}" + (" --use_alpha" if scheme == "alpha" else "")),
-    }
-
-
-def write_rank_llm_template(out_dir: str | Path, serving: dict[str, Any]) -> Path:
-    """`rank_llm_template.yaml` for rank_llm's `--prompt_template_path` (block scalars keep newlines)."""
-    import yaml
-
-    path = Path(out_dir, "rank_llm_template.yaml")
-    text = yaml.safe_dump(serving["prompt_template"], sort_keys=False, allow_unicode=True, width=10_000)
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-    return path

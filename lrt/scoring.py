@@ -6,7 +6,8 @@ lets a 7B reranker train at 4k tokens with a 150k vocabulary without the logits 
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -19,6 +20,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model
+
+
+def full_precision(t: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Autocast off on `t`'s device: scores, log-probs and losses are computed in fp32 on
+    fp32-upcast inputs, whatever autocast the caller runs under (bf16 autocast would round a
+    logit of ~16 to a 0.06 grid and create exact ties between candidates)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block (no dropout, no NEFTune noise, no gradient
+    checkpointing), then each one back in the mode it had before, so evaluating mid-training
+    leaves the training modules training and frozen ones as they were."""
+    before = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, was in before:
+            m.training = was
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -48,11 +70,12 @@ def identifier_scores(
 ) -> torch.Tensor:
     """fp32 scores [B, N] = h[b, answer_pos[b]] . W[cand_ids[b, n]] (+ bias): k rows, not V."""
     B = hidden.shape[0]
-    h = hidden[torch.arange(B, device=hidden.device), answer_pos].float()  # [B, H]
-    rows = weight[cand_ids].float()  # [B, N, H]
-    scores = torch.einsum("bh,bnh->bn", h, rows)
-    if bias is not None:
-        scores = scores + bias[cand_ids].float()
+    with full_precision(hidden):
+        h = hidden[torch.arange(B, device=hidden.device), answer_pos].float()  # [B, H]
+        rows = weight[cand_ids].float()  # [B, N, H]
+        scores = torch.einsum("bh,bnh->bn", h, rows)
+        if bias is not None:
+            scores = scores + bias[cand_ids].float()
     return scores
 
 

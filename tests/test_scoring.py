@@ -114,3 +114,69 @@ def test_liger_kernel_falls_back_to_chunked_path_on_cpu(setup):
         a, _ = plain.numerators(h, batch, head.weight, None)
         b, _ = liger.numerators(h, batch, head.weight, None)
     assert torch.equal(a["lm"], b["lm"])
+
+
+def _bf16_autocast():
+    return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+
+def test_scores_are_fp32_under_bf16_autocast():
+    """Issue 10: under `precision: bf16` the identifier einsum ran in bf16 (logits of ~16-20 on a
+    0.06 grid, exact ties between candidates). Now: no exact ties on random data, and the scores
+    equal an fp64 computation from the same (bf16) hidden states to fp32 rounding."""
+    g = torch.Generator().manual_seed(0)
+    B, T, H, V, N = 64, 9, 256, 500, 20
+    hidden = (torch.randn(B, T, H, generator=g) * 1.1).to(torch.bfloat16)  # what a bf16 decoder returns
+    weight = torch.randn(V, H, generator=g)  # fp32 master weights (precision: bf16 autocasts them)
+    pos = torch.randint(0, T, (B,), generator=g)
+    cand = torch.stack([torch.randperm(V, generator=g)[:N] for _ in range(B)])
+    ref = torch.einsum("bh,bnh->bn", hidden[torch.arange(B), pos].double(), weight[cand].double())
+    assert ref.abs().mean() > 10  # logits in the range the issue reports
+    with _bf16_autocast():
+        s = identifier_scores(hidden, pos, cand, weight)
+        naive = torch.einsum("bh,bnh->bn", hidden[torch.arange(B), pos].float(), weight[cand].float())
+    assert s.dtype == torch.float32
+    torch.testing.assert_close(s.double(), ref, rtol=1e-6, atol=1e-4)
+
+    def ties(x):
+        return sum(int((row[:, None] == row[None, :]).sum() - row.numel()) // 2 for row in x)
+
+    assert ties(s) == 0
+    assert naive.dtype == torch.bfloat16 and ties(naive) > 0  # what the autocast einsum did before
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_losses_and_lipo_logprobs_are_fp32_under_bf16_autocast(setup, lora):
+    """The whole loss of a step (lm + ranknet + LiPO with its reference log-probs) computed under
+    bf16 autocast equals the same computation in fp32 from the same hidden states."""
+    from lrt.train.module import RerankModule
+    from lrt.train.objective import identifier_logprobs
+
+    tok, _, encs, _ = setup
+    model = tiny_llama(len(tok), hidden=32, layers=2, heads=2, seed=4)
+    with torch.no_grad():  # logits of ~10, as a trained model's (random init gives ~0.01: no rounding to see)
+        model.get_output_embeddings().weight.mul_(100.0)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_dropout=0.0))
+    obj = Objective([LossTerm(name="lm"), LossTerm(name="ranknet", weight=2.0),
+                     LossTerm(name="lipo_lambda", params={"beta": 0.5})])
+    dec, head = decoder_and_head(model)
+    seen = []  # hooked before RerankModule: the full fine-tuning reference copy carries it too
+    dec.register_forward_hook(lambda m, a, o: seen.append(o.last_hidden_state.detach()))
+    module = RerankModule(model, obj).eval()
+    batch = _batch(tok, encs, "right")
+    dens = obj.denominators(batch)
+    with torch.no_grad(), _bf16_autocast():
+        loss, nums = module(batch, dens, 1.0)
+    assert len(seen) == 2
+    h_policy, h_ref = seen  # the policy forward, then the reference pass
+    assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in nums.values())
+    assert nums["ranknet"] > 0.5  # scores far apart: a real loss value, not log(2) of near-ties
+    with torch.no_grad():
+        s_ref = identifier_scores(h_ref, batch["answer_pos"], batch["cand_ids"], head.weight)
+        ref_lp = identifier_logprobs(h_ref, batch["answer_pos"], s_ref, head.weight)
+        want, _ = obj.numerators(h_policy.float(), batch, head.weight, None, ref_lp)
+    for k in want:
+        torch.testing.assert_close(nums[k], want[k], rtol=1e-5, atol=1e-5, msg=k)

@@ -12,6 +12,7 @@ import inspect
 import math
 from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
 from lrt.losses._common import PARAM_CHOICES, check_param
@@ -134,5 +135,11 @@ def get_ranking_loss(name: str, **params: Any) -> RankingLoss:
     fn = _lookup(name)
     check_loss_params(name, params, in_recipe=False)
     bound = functools.partial(fn, **params)
-    functools.update_wrapper(bound, fn)
-    return bound
+
+    @functools.wraps(fn)
+    def fp32_loss(scores: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        # fp32 whatever autocast the caller runs under (the losses upcast their scores themselves)
+        with torch.autocast(device_type=scores.device.type, enabled=False):
+            return bound(scores, *args, **kwargs)
+
+    return fp32_loss

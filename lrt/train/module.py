@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lrt.scoring import decoder_and_head, hidden_states
+from lrt.scoring import decoder_and_head, eval_mode, full_precision, hidden_states
 from lrt.train.objective import Objective
 
 
@@ -44,15 +44,16 @@ class RerankModule(nn.Module):
         h = hidden_states(decoder, batch)
         bias = getattr(head, "bias", None)
         ref = self.reference_logprobs(batch) if self.objective.needs_reference else None
-        nums, _ = self.objective.numerators(h, batch, head.weight, bias, ref)
-        loss = self.objective.combine(nums, dens, scale)
+        with full_precision(h):  # scores, log-probs and losses in fp32 under any autocast
+            nums, _ = self.objective.numerators(h, batch, head.weight, bias, ref)
+            loss = self.objective.combine(nums, dens, scale)
         return loss, {k: v.detach() for k, v in nums.items()}
-
 
     @torch.no_grad()
     def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The frozen reference's identifier log-probs: the LoRA base with adapters disabled (exactly
-        the initial policy, no extra memory), or the frozen copy made at construction."""
+        the initial policy, no extra memory), or the frozen copy made at construction. Run in eval
+        mode: pi_ref is the model itself, without NEFTune noise or dropout."""
         from lrt.scoring import identifier_scores
         from lrt.train.objective import identifier_logprobs
 
@@ -64,12 +65,13 @@ class RerankModule(nn.Module):
             ref_model = self._reference
             if next(ref_model.parameters()).device != batch["input_ids"].device:
                 ref_model.to(batch["input_ids"].device)
-        with ctx:
+        with ctx, eval_mode(ref_model):
             decoder, head = decoder_and_head(ref_model)
             h = hidden_states(decoder, batch)
             bias = getattr(head, "bias", None)
-            s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight, bias)
-            return identifier_logprobs(h, batch["answer_pos"], s, head.weight, bias)
+            with full_precision(h):
+                s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight, bias)
+                return identifier_logprobs(h, batch["answer_pos"], s, head.weight, bias)
 
 
 @contextlib.contextmanager

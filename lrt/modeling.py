@@ -165,7 +165,11 @@ def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
 
     Rows are initialised even when no resize happens: some checkpoints (Qwen2.5) carry spare
     embedding rows, and new tokens land there. The numeral's pieces are averaged with weights
-    2^-i by position so that digit-split anagrams (<id_12>, <id_21>) start apart.
+    2^-i by position so that digit-split anagrams (<id_12>, <id_21>) start apart. That alone maps
+    repeated pieces onto the single piece (<id_11> = <id_1> when digits split), and under LoRA
+    without `modules_to_save` such rows would stay tied forever; so a numeral of L pieces is
+    further pulled towards the mean embedding by 1 - 0.9^(L-1) (0 for one piece, 0.1 for two),
+    which makes every <id_k> row distinct (tests/test_special_init.py).
     """
     w = model.get_input_embeddings().weight
     vocab = int(getattr(w, "ds_shape", w.shape)[0])  # ZeRO-3 partitions have shape [0]
@@ -182,14 +186,18 @@ def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
 
     params = [emb] + ([out.weight] if out is not None and out.weight is not emb else [])
     with gathered(params, modifier_rank=0), torch.no_grad():  # ZeRO-3: edit the full rows, re-partition
+        old = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
+        old[torch.tensor(new_ids, device=emb.device)] = False
+        means = {id(w): w[old].float().mean(0) for w in params}  # of the pre-existing rows only
         for tid in new_ids:
             numeral = tokenizer.convert_ids_to_tokens(tid)[4:-1]
             src_ids = tokenizer(numeral, add_special_tokens=False)["input_ids"]
-            wts = torch.tensor([2.0 ** -i for i in range(len(src_ids))], dtype=emb.dtype, device=emb.device)
+            wts = torch.tensor([2.0 ** -i for i in range(len(src_ids))], dtype=torch.float32, device=emb.device)
             wts = (wts / wts.sum()).unsqueeze(1)
-            emb[tid] = (emb[src_ids] * wts).sum(0)
-            if out is not None and out.weight is not emb:
-                out.weight[tid] = (out.weight[src_ids] * wts.to(out.weight.dtype)).sum(0)
+            pull = 1.0 - 0.9 ** (len(src_ids) - 1)  # 0 for a one-piece numeral: exactly its embedding
+            for w in params:
+                mix = (w[src_ids].float() * wts).sum(0)
+                w[tid] = ((1.0 - pull) * mix + pull * means[id(w)]).to(w.dtype)
 
 
 def apply_lora(model: nn.Module, r: Recipe) -> nn.Module:

@@ -148,6 +148,7 @@ class Trainer:
         self.module = RerankModule(model, self.objective)
         self.ckpt_root = self.out / "checkpoints"
         self._setup_backend()
+        self.set_train_mode()  # from_pretrained returns an eval-mode model
         self.metrics = MetricsLogger(self.out, recipe, enabled=self.env.is_main)
         self.step = 0
         self._saved_step = -1
@@ -189,7 +190,16 @@ class Trainer:
         return nullcontext()
 
     # ---- one optimizer step ---------------------------------------------------------------
+    def set_train_mode(self) -> None:
+        """Training mode on every module the step runs: NEFTune noise, LoRA/model dropout and
+        gradient checkpointing all key on `module.training` (transformers checkpoints a layer only
+        when it is training). Evaluation switches to eval mode and back; the frozen LiPO reference is
+        not a submodule and stays in eval mode."""
+        runner = self.engine if self.engine is not None else (self.ddp if self.ddp is not None else self.module)
+        runner.train()
+
     def train_step(self) -> dict[str, Any]:
+        self.set_train_mode()  # every step, whatever ran before it (evaluation, a user callback)
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this step's update uses
         sched_before = self.scheduler.last_epoch
         micro = self.batches.step(self.step)  # collated inline, or ahead of time by data.num_workers processes

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from _scale_helpers import run
+from _scale_helpers import subprocess_env
 from lrt.data.prompts import PromptTemplate
 from lrt.rerank import RerankerMeta
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path, monkeypatch, capfd):
     from lrt.testing.tiny import save_tiny_model
 
     model = save_tiny_model(tmp_path / "model", "chatml", seed=5)
@@ -33,9 +33,14 @@ def test_two_processes_equal_one(tmp_path):
     from lrt.cli import main
 
     assert main([*base[3:], "--out", str(tmp_path / "one.trec"), "--stats", str(tmp_path / "one.json")]) == 0
-    two = run([*base, "--out", str(tmp_path / "two.trec"), "--stats", str(tmp_path / "two.json"),
-               "--nproc-per-node", "2"], timeout=180)
-    assert "2 processes" in two.stdout and "Traceback" not in two.stdout + two.stderr
+    # `lrt rerank --nproc-per-node 2` from this process: it relaunches itself under torchrun
+    for k, v in subprocess_env().items():
+        monkeypatch.setenv(k, v)
+    capfd.readouterr()
+    assert main([*base[3:], "--out", str(tmp_path / "two.trec"), "--stats", str(tmp_path / "two.json"),
+                 "--nproc-per-node", "2"]) == 0
+    two = capfd.readouterr()
+    assert "2 processes" in two.out and "Traceback" not in two.out + two.err
     assert (tmp_path / "two.trec").read_bytes() == (tmp_path / "one.trec").read_bytes()
     s1, s2 = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert s2["processes"] == 2 and s1["processes"] == 1

@@ -127,3 +127,26 @@ def test_window_reranks_within_window(tokenizers):
     enc = encode_example(tok, tpl, example(), max_length=4096, id_token_ids=ids, window=3)
     # candidates d0,d1,d2 with global ranks 2,4,5 -> window ranks 1,2,3
     assert enc.ranks == [1, 2, 3]
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_reranking_cuts_passages_exactly_as_training(tokenizers, style):
+    """When max_length binds, the reranker's prompt + "[" equals training's: passages are fitted to
+    prompt + the full target + EOS in both (before, reranking fitted prompt + "[A]" only and kept
+    passages ~4 tokens longer)."""
+    from lrt.rerank import Reranker
+    from lrt.testing.tiny import tiny_llama
+
+    tok, tpl = tokenizers[style], STYLES[style].with_(max_passage_tokens=60)
+    cands = [Candidate(f"d{i}", " ".join(["the quick brown fox jumps over the lazy dog"] * 8)) for i in range(5)]
+    ex = ListwiseExample("q", "brown fox [2]", cands, [c.docid for c in cands])
+    ids = identifier_token_ids(tok, tpl, 5)
+    free = encode_example(tok, tpl, ex, max_length=100_000, id_token_ids=ids)
+    max_length = len(free.input_ids) - 40  # binds: every passage must shrink
+    train = encode_example(tok, tpl, ex, max_length=max_length, id_token_ids=ids)
+    assert len(free.input_ids) - 40 >= len(train.input_ids)
+    rr = Reranker(tiny_llama(len(tok)), tok, tpl, window=5, stride=5, max_length=max_length)
+    enc = rr.encode_window(("q", ex.query, cands))
+    assert enc.input_ids == train.input_ids[: train.answer_index]
+    assert enc.answer_index == train.answer_index and enc.cand_token_ids == train.cand_token_ids
+    assert "brown fox (2)" in tok.decode(enc.input_ids)  # the query escaped as passages are

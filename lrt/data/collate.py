@@ -16,6 +16,7 @@ import torch
 from lrt.data.prompts import (
     PromptTemplate,
     apply_template,
+    encode_prompt,
     escape_passage,
     identifier_labels,
     passage_text,
@@ -40,6 +41,7 @@ class Encoded:
     cand_token_ids: list[int]  # identifier token id of each candidate (display order); [] if not single-token
     ranks: list[int]  # teacher rank (1 = best) of each candidate, display order
     relevance: list[float] | None
+    truncated: bool = False  # passages were cut below prompt.max_passage_tokens to fit data.max_length
 
     def to_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -88,7 +90,8 @@ def encode_example(
     `id_token_ids` (from `identifier_token_ids`) are the single-token ids of the identifiers; when
     given, every identifier in the target must tokenize to exactly that token. When None (LM-only
     training with multi-token identifiers such as fullrank's `[12]`), no candidate scores exist.
-    `include_target=False` keeps only `prompt + "["` (rank-only objectives need nothing after it).
+    `include_target=False` keeps only `prompt + "["` (rank-only objectives and reranking need nothing
+    after it); the passage budget is the same either way.
     """
     cands = ex.candidates[:window] if window else ex.candidates
     ranks_all = ex.ranks()[: len(cands)]
@@ -98,16 +101,16 @@ def encode_example(
         ranks[i] = r
     labels = identifier_labels(template.identifiers, len(cands))
     target, spans = render_target([labels[i] for i in order])
-    if not include_target:
-        target, spans = target[: spans[0][1]], spans[:1]
-    suffix = target + (tokenizer.eos_token or "") if include_target else target
+    # Passages are fitted to prompt + the FULL target + EOS even when only `prompt + "["` is kept
+    # (reranking): training and reranking then cut every passage to the same number of tokens.
+    suffix = target + (tokenizer.eos_token or "")
     budget = template.max_passage_tokens
     texts = [passage_text(c.text, c.title) for c in cands]
     while True:
-        cut = [escape_passage(truncate_tokens(tokenizer, t, budget)) for t in texts]
+        cut = [escape_passage(truncate_tokens(tokenizer, t, budget), template.escape) for t in texts]
         prompt = apply_template(tokenizer, template, render_messages(template, ex.query, cut, labels))
         full = prompt + suffix
-        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        enc = encode_prompt(tokenizer, template, full, offsets=True)
         n_tok = len(enc["input_ids"])
         if n_tok <= max_length:
             break
@@ -157,7 +160,8 @@ def encode_example(
         ids, token_ranks = ids[:answer_index], []
         target_start = len(ids)
     rel = ex.relevance[: len(cands)] if ex.relevance is not None else None
-    return Encoded(ids, answer_index, target_start, token_ranks, cand_ids, ranks, rel)
+    return Encoded(ids, answer_index, target_start, token_ranks, cand_ids, ranks, rel,
+                   truncated=budget < template.max_passage_tokens)
 
 
 def identifier_token_ids(tokenizer: Any, template: PromptTemplate, n: int) -> list[int]:
@@ -173,7 +177,7 @@ def identifier_token_ids(tokenizer: Any, template: PromptTemplate, n: int) -> li
     )
     target, spans = render_target(labels)
     full = prompt + target
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    enc = encode_prompt(tokenizer, template, full, offsets=True)
     offsets = _Offsets(enc["offset_mapping"])
     out: list[int] = []
     for lab, (a, b) in zip(labels, spans):

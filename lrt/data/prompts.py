@@ -27,6 +27,13 @@ _SUFFIX = (
     "The output format should be [] > [], e.g., {example}, "
     "Only respond with the ranking results, do not say any word or explain."
 )
+RANK_LLM_SYSTEM = FIRST_SYSTEM.rstrip(".")
+_RANK_LLM_SUFFIX = (
+    "Search Query: {query}.\nRank the {num} passages above based on their relevance to the search query. "
+    "All the passages should be included and listed using identifiers, in descending order of relevance. "
+    "The output format should be [] > [], e.g., {example}, Answer concisely and directly and only respond "
+    "with the ranking results, do not say any word or explain."
+)
 PRESETS: dict[str, dict[str, Any]] = {
     # FIRST / RankZephyr-alpha (first-anchor.md section 2).
     "first_alpha": {
@@ -43,6 +50,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "Rank the passages based on their relevance to the search query: {query}.\n",
         "suffix": _SUFFIX,
         "identifiers": "numeric",
+    },
+    # rank_llm's FIRST template, byte for byte (rank_llm 0.25 `rerank/prompt_templates/
+    # rank_zephyr_alpha_template.yaml`, what `RankListwiseOSLLM(use_alpha=True)` serves): no period
+    # after the system text, "an alphabetical", "Answer concisely and directly ...", no newline at the
+    # end. Checked against the installed package in tests/test_rank_llm_prompt.py.
+    "rank_llm": {
+        "system": RANK_LLM_SYSTEM,
+        "prefix": "I will provide you with {num} passages, each indicated by an alphabetical identifier []. "
+        "Rank the passages based on their relevance to the search query: {query}.\n",
+        "suffix": _RANK_LLM_SUFFIX.replace("{example}", "[B] > [A]"),
+        "identifiers": "alpha",
+        "escape": "rank_llm",
+    },
+    # rank_llm's numeric template (`rank_zephyr_template.yaml`, use_alpha=False), byte for byte.
+    "rank_llm_numeric": {
+        "system": RANK_LLM_SYSTEM,
+        "prefix": "I will provide you with {num} passages, each indicated by a numerical identifier []. "
+        "Rank the passages based on their relevance to the search query: {query}.\n",
+        "suffix": _RANK_LLM_SUFFIX.replace("{example}", "[2] > [1]"),
+        "identifiers": "numeric",
+        "escape": "rank_llm",
     },
     # Compact template for tiny demo models: same structure, far fewer tokens.
     "compact": {
@@ -66,6 +94,14 @@ class PromptTemplate:
     max_passage_tokens: int = 300
     chat_template: Literal["auto", "none"] = "auto"
     system_in_user: bool = False  # fold the system text into the user turn (templates without a system role)
+    # BOS as the model is served: "auto" puts the tokenizer's BOS token first when the tokenizer adds
+    # one to text (HF `tokenizer(text)`, vLLM text prompts) and the rendered prompt does not already
+    # start with it (zephyr: yes; Mistral-v0.3, whose template writes <s>: no, never twice);
+    # "always" / "never" force it. Applied by `encode_prompt`, the one encoder of rendered prompts.
+    bos: Literal["auto", "always", "never"] = "auto"
+    # identifier-like text in passages and queries: "lrt" rewrites [X], [12] and <id_k>; "rank_llm"
+    # only [12] -> (12), as rank_llm does (the rank_llm presets, so prompts match it byte for byte)
+    escape: Literal["lrt", "rank_llm"] = "lrt"
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PromptTemplate":
@@ -83,6 +119,22 @@ class PromptTemplate:
 
     def with_(self, **kw: Any) -> "PromptTemplate":
         return replace(self, **kw)
+
+
+def rank_llm_serving(template: PromptTemplate, window: int, stride: int, max_length: int) -> str | None:
+    """How rank_llm serves a model trained with a `rank_llm*` preset under the same prompt, or None."""
+    for name in ("rank_llm", "rank_llm_numeric"):
+        p = PRESETS[name]
+        if all(getattr(template, k) == p[k] for k in ("system", "prefix", "suffix", "identifiers", "escape")) \
+                and template.passage == "[{id}] {text}\n" and not template.system_in_user:
+            alpha = name == "rank_llm"
+            yaml_name = "rank_zephyr_alpha_template.yaml" if alpha else "rank_zephyr_template.yaml"
+            return (f"rank_llm (0.25) RankListwiseOSLLM(model=<this dir>, use_alpha={alpha}, use_logits={alpha}, "
+                    f"window_size={window}, stride={stride}, context_size={max_length}) renders the same prompt "
+                    f"({yaml_name}, byte-identical messages); rank_llm cuts passages to 300*20/window words "
+                    f"(lrt: {template.max_passage_tokens} tokens), writes titles as 'Title: t Content: x' and "
+                    "collapses whitespace, so only such passages can differ; vLLM adds BOS as lrt's bos=prepended")
+    return None
 
 
 def identifier_labels(scheme: Scheme, n: int) -> list[str]:
@@ -113,8 +165,14 @@ _BRACKET_ID = re.compile(r"\[([A-Za-z]|\d{1,4})\]")
 _SPECIAL_ID = re.compile(r"<id_(\d+)>")
 
 
-def escape_passage(text: str) -> str:
-    """Rewrite identifier-like `[X]`/`[12]`/`<id_3>` inside passages so they cannot pose as labels."""
+_RANK_LLM_NUMBER = re.compile(r"\[(\d+)\]")
+
+
+def escape_passage(text: str, style: str = "lrt") -> str:
+    """Rewrite identifier-like `[X]`/`[12]`/`<id_3>` inside passages (and queries) so they cannot pose
+    as labels; `style="rank_llm"` rewrites `[12]` only, exactly as rank_llm's `_replace_number`."""
+    if style == "rank_llm":
+        return _RANK_LLM_NUMBER.sub(r"(\1)", text)
     text = _BRACKET_ID.sub(r"(\1)", text)
     return _SPECIAL_ID.sub(r"(id \1)", text)
 
@@ -136,9 +194,10 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
 def render_messages(
     template: PromptTemplate, query: str, passages: Sequence[str], labels: Sequence[str]
 ) -> list[dict[str, str]]:
-    """Chat messages for one window (passages already truncated and escaped)."""
+    """Chat messages for one window (passages already truncated and escaped; the query is escaped
+    here, like the passages: a `[2]` in a query must not pose as an identifier either)."""
     num = len(passages)
-    fmt = {"num": num, "query": query.strip(), "example": _example(template.identifiers)}
+    fmt = {"num": num, "query": escape_passage(query.strip(), template.escape), "example": _example(template.identifiers)}
     body = "".join(template.passage.format(id=lab, text=p) for lab, p in zip(labels, passages))
     user = template.prefix.format(**fmt) + body + template.suffix.format(**fmt)
     msgs: list[dict[str, str]] = []
@@ -151,16 +210,65 @@ def render_messages(
     return msgs
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether encoding text with special tokens (what HF pipelines and vLLM do) starts with BOS."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(with_special) and with_special[0] == bos_id and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos_id]
+
+
+def needs_bos(tokenizer: Any, template: PromptTemplate, text: str) -> bool:
+    """Whether lrt puts BOS before `text` under `template.bos`: never when the text (i.e. the chat
+    template) already starts with it, so never twice."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or getattr(tokenizer, "bos_token_id", None) is None or template.bos == "never" or text.startswith(bos):
+        return False
+    return template.bos == "always" or tokenizer_adds_bos(tokenizer)
+
+
+def encode_prompt(tokenizer: Any, template: PromptTemplate, text: str, offsets: bool = False) -> dict[str, list]:
+    """THE encoder of rendered text (collator, reranker, HF teacher): no special tokens except BOS by
+    the policy, inserted as a token (offset (0, 0)) the way `tokenizer(text)` and vLLM add it; a BOS
+    *string* in front of the text would tokenize differently on SentencePiece tokenizers (no "▁")."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+    out: dict[str, list] = {"input_ids": list(enc["input_ids"])}
+    if offsets:
+        out["offset_mapping"] = [tuple(o) for o in enc["offset_mapping"]]
+    if needs_bos(tokenizer, template, text):
+        out["input_ids"].insert(0, int(tokenizer.bos_token_id))
+        if offsets:
+            out["offset_mapping"].insert(0, (0, 0))
+    return out
+
+
+def encode_prompts_padded(tokenizer: Any, template: PromptTemplate, texts: Sequence[str]) -> Any:
+    """A padded batch (tensors, the tokenizer's padding side) of `encode_prompt` rows, for generation."""
+    rows = [encode_prompt(tokenizer, template, t)["input_ids"] for t in texts]
+    return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+
+
+def bos_outcome(tokenizer: Any, template: PromptTemplate) -> Literal["prepended", "template", "none"]:
+    """What the policy does with this tokenizer: lrt prepends BOS, the chat template writes it, or no BOS.
+    Recorded in `lrt_reranker.json` so serving can check it adds BOS the same way."""
+    text = apply_template(tokenizer, template, [{"role": "user", "content": "x"}])
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        return "template"
+    return "prepended" if needs_bos(tokenizer, template, text) else "none"
+
+
 def apply_template(tokenizer: Any, template: PromptTemplate, messages: list[dict[str, str]]) -> str:
-    """Chat-templated prompt text ending with the generation prompt (BOS included iff the template has it)."""
+    """Chat-templated prompt text ending with the generation prompt (a BOS only where the chat
+    template writes one; `encode_prompt` adds the policy's BOS as a token)."""
     if template.chat_template == "none" or not getattr(tokenizer, "chat_template", None):
         if template.chat_template == "auto" and not getattr(tokenizer, "chat_template", None):
             raise LrtError(
                 "the tokenizer has no chat template; set prompt.chat_template=none to use plain text "
                 "(system and user joined by blank lines) or give a tokenizer with a chat template"
             )
-        bos = tokenizer.bos_token or ""
-        return bos + "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # noqa: BLE001 - template errors are user configuration problems
@@ -176,7 +284,7 @@ def render_prompt(
 ) -> str:
     """Full prompt text for one window: truncate each passage by tokens, escape, template."""
     budget = max_passage_tokens if max_passage_tokens is not None else template.max_passage_tokens
-    cut = [escape_passage(truncate_tokens(tokenizer, p, budget)) for p in passages]
+    cut = [escape_passage(truncate_tokens(tokenizer, p, budget), template.escape) for p in passages]
     labels = identifier_labels(template.identifiers, len(passages))
     return apply_template(tokenizer, template, render_messages(template, query, cut, labels))
 

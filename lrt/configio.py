@@ -103,7 +103,7 @@ def read_mapping(path: str | Path, what: str, sections: str) -> dict[str, Any]:
         where = f":{mark.line + 1}" if mark else ""
         raise ConfigError([f"invalid YAML{where}: {getattr(e, 'problem', None) or e}"], src) from None
     if raw is None:
-        raw = {}
+        raise ConfigError([f"the {what} file is empty; it needs the sections {sections}"], src)
     if not isinstance(raw, dict):
         raise ConfigError([f"the {what} must be a YAML mapping of sections ({sections}), got {type(raw).__name__}"], src)
     return raw

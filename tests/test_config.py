@@ -117,3 +117,64 @@ def test_invalid_yaml_names_line(tmp_path):
     p.write_text("model:\n  name_or_path: [unclosed\n")
     with pytest.raises(ConfigError, match=r"invalid YAML:\d"):
         load_recipe(p)
+
+
+def test_paths_resolve_against_the_recipe_file_and_overrides_against_cwd(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "t.jsonl").write_text("{}\n")
+    (tmp_path / "b" / "u.jsonl").write_text("{}\n")
+    (tmp_path / "a" / "r.yaml").write_text("model: {name_or_path: lrt:assets/tiny-backbone}\ndata: {train: t.jsonl}\n"
+                                           "train: {deepspeed: lrt:resources/launch/ds_zero2.json}\noutput_dir: ../runs/x\n")
+    monkeypatch.chdir(tmp_path / "b")
+    r = load_recipe("../a/r.yaml")
+    assert r.data.train == str(tmp_path / "a" / "t.jsonl")
+    assert r.output_dir == str(tmp_path / "runs" / "x")
+    assert r.model.name_or_path == "lrt:assets/tiny-backbone" and r.train.deepspeed.startswith("lrt:resources/")
+    r = load_recipe(tmp_path / "a" / "r.yaml", ["data.train=u.jsonl", "output_dir=out"])
+    assert r.data.train == str(tmp_path / "b" / "u.jsonl") and r.output_dir == str(tmp_path / "b" / "out")
+
+
+def test_validate_a_shipped_recipe_from_another_directory(tmp_path):
+    for name in ("first-mistral-7b.yaml", "first-mistral-7b-lora.yaml"):
+        p = subprocess.run([sys.executable, "-m", "lrt.cli", "validate", "--no-file-check", str(REPO / "recipes" / name)],
+                           cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0 and p.stdout.startswith("ok:"), p.stderr
+    r = load_recipe(REPO / "recipes" / "first-mistral-7b.yaml", check_files=False)
+    assert r.train.deepspeed == "lrt:resources/launch/ds_zero3.json"
+    # `../data` of recipes/ is the data/ folder of the checkout (where the shipped prep jobs write)
+    assert r.data.train == str(REPO / "data" / "rankzephyr" / "data.parquet")
+
+
+def test_recipes_list_and_copy_keep_a_copy_valid(tmp_path, monkeypatch, capsys):
+    from lrt.cli import main
+    from lrt.prep.config import load_job
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipes", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "first-mistral-7b " in listed and "dl19-eval" in listed and "ds_zero3.json" in listed
+    assert main(["recipes", "copy", "first-mistral-7b", "my.yaml"]) == 0
+    assert main(["recipes", "copy", "dl19-eval", "."]) == 0
+    assert main(["recipes", "copy", "rankzephyr-import", "."]) == 0
+    assert main(["recipes", "copy", "first-mistral-7b", "my.yaml"]) == 2  # no silent overwrite
+    assert "exists" in capsys.readouterr().err
+    assert main(["recipes", "copy", "first-mistral-7bb", "x.yaml"]) == 2
+    assert "did you mean 'first-mistral-7b'" in capsys.readouterr().err
+    text = (tmp_path / "my.yaml").read_text()
+    assert "# FirstMistral" in text  # comments kept
+    r = load_recipe(tmp_path / "my.yaml", check_files=False)
+    assert r.data.train == str(tmp_path / "data" / "rankzephyr" / "data.parquet")
+    assert r.output_dir == str(tmp_path / "outputs" / "first-mistral-7b")
+    assert r.train.deepspeed == "lrt:resources/launch/ds_zero3.json"
+    # the copied jobs still write exactly where the copied recipe reads
+    assert load_job(tmp_path / "dl19-eval.yaml").output.dir == str(Path(r.data.eval).parent)
+    assert load_job(tmp_path / "rankzephyr-import.yaml").output.dir == str(Path(r.data.train).parent)
+
+
+def test_dry_run_prints_the_launch_command_without_data(tmp_path):
+    env = {**__import__("os").environ, "DRY_RUN": "1"}
+    p = subprocess.run([sys.executable, "-m", "lrt.cli", "train", str(REPO / "recipes" / "first-mistral-7b.yaml"),
+                        "--nproc-per-node", "8"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "torch.distributed.run" in p.stdout and "--nproc_per_node 8" in p.stdout

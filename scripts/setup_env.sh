@@ -24,4 +24,9 @@ spec="."
 TORCH_VER=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==$TORCH_VER" > "$VENV/.torch-pin.txt"
 "$PY" -m pip install -q -c "$VENV/.torch-pin.txt" -e "$spec"
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+  # rank_llm's FIRST template is the reference of lrt's rank_llm preset (tests/test_rank_llm_prompt.py);
+  # --no-deps: rank-llm 0.25 requires vLLM, which the test does not need
+  "$PY" -m pip install -q --no-deps "rank-llm>=0.25,<0.26"
+fi
 touch "$stamp"

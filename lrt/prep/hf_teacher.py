@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lrt.data.prompts import PromptTemplate, identifier_labels, render_prompt, render_target
+from lrt.data.prompts import (PromptTemplate, encode_prompt, encode_prompts_padded, identifier_labels, render_prompt,
+                              render_target)
 from lrt.errors import LrtError
 from lrt.prep.teachers import OnResponse, WindowRequest, WindowResponse, response_from_raw, stable_hash
 
@@ -86,12 +87,13 @@ class HFTeacher:
 
     def rank_windows(self, requests: Sequence[WindowRequest], on_response: OnResponse | None = None) -> list[WindowResponse]:
         prompts = [self.prompt(r) for r in requests]
-        lengths = [len(self.tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        lengths = [len(encode_prompt(self.tok, self.template, p)["input_ids"]) for p in prompts]
         by_len = sorted(range(len(requests)), key=lengths.__getitem__)  # less padding per batch
         out: list[WindowResponse | None] = [None] * len(requests)
         for s in range(0, len(by_len), self.batch_size):
             idx = by_len[s:s + self.batch_size]
-            enc = self.tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            # the shared encoder: BOS exactly as in training and reranking (policy `prompt.bos`)
+            enc = encode_prompts_padded(self.tok, self.template, [prompts[i] for i in idx])
             enc = {k: v.to(self.device) for k, v in enc.items()}
             budget = max(self.new_tokens(len(requests[i].docids)) for i in idx)
             with self.torch.inference_mode():

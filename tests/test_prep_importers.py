@@ -191,3 +191,23 @@ def test_trec_problems_point_at_the_run_line(tmp_path):
     (tmp_path / "qrels.txt").write_text("q2 0 a 1\n")
     with pytest.raises(DataError, match="has no judgements"):
         import_trec(str(run), qrels=str(tmp_path / "qrels.txt"), **{**kw, "corpus": None}, synthetic=True)
+
+
+def test_rankzephyr_job_reads_a_datasets_source_by_name(tmp_path, monkeypatch):
+    """`source.path` that is not a file goes through `datasets.load_dataset(name, split=...)`: here a local
+    dataset folder named like the hub repo (no network), exactly the call a hub name takes."""
+    import pyarrow.parquet as pq
+
+    from lrt.cli import main
+
+    ds = tmp_path / "castorini" / "rank_zephyr_training_data"
+    ds.mkdir(parents=True)
+    (ds / "train.jsonl").write_bytes(ZEPHYR.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    job = HERE.parent / "lrt" / "resources" / "data_prep" / "rankzephyr-import.yaml"
+    assert main(["prep", str(job), "source.path=castorini/rank_zephyr_training_data", "output.dir=out"]) == 0
+    rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
+    local = import_conversations(str(ZEPHYR)).examples
+    assert sorted(r["query"] for r in rows) == sorted(e.query for e in local) and len(rows) == 4
+    # an unknown name offline: one clear error naming source.path, no traceback
+    assert main(["prep", str(job), "source.path=nobody/no_such_dataset_xyz", "output.dir=out2"]) == 2

@@ -6,9 +6,7 @@ so `lrt bench -h` is instant and a missing optional benchmark fails only when it
 from __future__ import annotations
 
 import importlib
-import runpy
 import sys
-from pathlib import Path
 from typing import Callable
 
 USAGE = """lrt bench <subcommand> [args]
@@ -17,11 +15,8 @@ subcommands:
   train-step   peak memory and tokens/s: lrt's training step vs the naive full-logits step
   data         tokenise + collate listwise examples: examples/s with 1 and 2 processes
   rerank       reranking throughput (lrt bench rerank -h)
-  losses       ranking-loss speed vs per-sample loops (scripts/bench_losses.py)
+  losses       ranking-loss speed vs per-sample loops (lrt bench losses -h)
 """
-
-LOSSES_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_losses.py"
-
 
 def _module(name: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
@@ -37,30 +32,11 @@ def _module(name: str) -> Callable[[list[str]], int]:
     return run
 
 
-def _losses(argv: list[str]) -> int:
-    """Run scripts/bench_losses.py (not part of the installed package, so found by path)."""
-    if not LOSSES_SCRIPT.is_file():
-        print(f"error: {LOSSES_SCRIPT} not found (the losses benchmark ships with the source tree)", file=sys.stderr)
-        return 2
-    ns = runpy.run_path(str(LOSSES_SCRIPT), run_name="lrt_bench_losses")
-    if callable(ns.get("main")):
-        return int(ns["main"](argv) or 0)
-    old = sys.argv
-    sys.argv = [str(LOSSES_SCRIPT), *argv]
-    try:
-        runpy.run_path(str(LOSSES_SCRIPT), run_name="__main__")
-    except SystemExit as e:
-        return int(e.code or 0) if not isinstance(e.code, str) else 1
-    finally:
-        sys.argv = old
-    return 0
-
-
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train-step": _module("lrt.bench.train_step"),
     "data": _module("lrt.bench.data"),
     "rerank": _module("lrt.bench.rerank"),
-    "losses": _losses,
+    "losses": _module("lrt.bench.losses"),
 }
 
 

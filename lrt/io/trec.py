@@ -108,14 +108,22 @@ def write_run(path: PathLike, rankings: Mapping[str, Sequence[str]], tag: str) -
 
 
 def read_qrels(path: PathLike) -> Qrels:
-    """Read TREC qrels `qid iter docid rel` (iter ignored; rel an integer, as in trec_eval)."""
+    """Read TREC qrels `qid iter docid rel` (iter ignored; rel an integer, as in trec_eval), or BEIR's
+    `qrels/*.tsv` (`query-id<TAB>corpus-id<TAB>score`, header line optional); a BEIR folder reads
+    its `qrels/test.tsv`."""
+    path = beir_file(path, "qrels")
     qrels: Qrels = {}
+    width = None
     for lineno, line in _lines(path, comments=True):
         cols = line.split()
-        if len(cols) != 4:
-            raise DataError(f"{path}:{lineno}: expected 4 columns 'qid iter docid rel', "
-                            f"got {len(cols)}: {line[:80]!r}")
-        qid, _, docid, rel_s = cols
+        if width is None and len(cols) == 3 and not _is_int(cols[2]):  # BEIR header: query-id corpus-id score
+            width = 3
+            continue
+        width = width or len(cols)
+        if len(cols) != width or width not in (3, 4):
+            raise DataError(f"{path}:{lineno}: expected 4 columns 'qid iter docid rel' (TREC) or 3 "
+                            f"'query-id corpus-id score' (BEIR), got {len(cols)}: {line[:80]!r}")
+        qid, docid, rel_s = (cols[0], cols[2], cols[3]) if width == 4 else cols
         try:
             rel = int(rel_s)
         except ValueError:
@@ -153,8 +161,26 @@ def read_topics(path: PathLike) -> dict[str, str]:
 
     The shared DL19/DL20 files are `{qid: {"title": text}}`; MS MARCO `queries.tsv` is TSV.
     """
+    path = beir_file(path, "queries")
     topics: dict[str, str] = {}
-    if _is_json(path):
+    if Path(str(path).removesuffix(".gz")).suffix == ".jsonl":  # BEIR queries.jsonl: one {"_id", "text"} per line
+        for last, lineno, line in _with_last(_lines(path)):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = " (truncated last line?)" if last else ""
+                raise DataError(f"{path}:{lineno}: invalid JSON{hint}: {e.msg}; each line must be one "
+                                'JSON object such as {"_id": "q1", "text": "..."}') from None
+            qid = next((obj[k] for k in ("_id", "qid", "query_id", "id") if k in obj), None) \
+                if isinstance(obj, dict) else None
+            text = next((obj[k] for k in ("text", "query", "title") if k in obj), None) if qid is not None else None
+            if qid is None or not isinstance(text, str) or not text.strip():
+                raise DataError(f"{path}:{lineno}: need a query id ('_id', 'qid' or 'id') and a non-empty "
+                                "string 'text'")
+            if str(qid) in topics:
+                raise DataError(f"{path}:{lineno}: duplicate query id {qid!r}; keep one line per qid")
+            topics[str(qid)] = text.strip()
+    elif _is_json(path):
         with _open(path) as f:
             try:
                 obj = json.load(f, object_pairs_hook=lambda p: _unique_pairs(path, p))
@@ -213,26 +239,65 @@ def _parse_jsonl_doc(path: PathLike, lineno: int, line: str, last: bool) -> tupl
                     "'text' or 'contents'")
 
 
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+BEIR = {"corpus": ("corpus.jsonl", "corpus.jsonl.gz"), "queries": ("queries.jsonl", "queries.jsonl.gz"),
+        "qrels": ("qrels/test.tsv", "qrels/dev.tsv", "qrels/train.tsv")}
+
+
+def beir_file(path: PathLike, kind: str) -> PathLike:
+    """A BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/*.tsv) -> its `kind` file; files pass through."""
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    for name in BEIR[kind]:
+        if (p / name).is_file():
+            return p / name
+    raise DataError(f"{p}: a folder without {' or '.join(BEIR[kind])}; give the {kind} file itself, "
+                    "or a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+
+
 def read_corpus(path: PathLike) -> dict[str, dict]:
     """Read passages {docid: {"text": str, "title": str | None}} from TSV or JSONL (.gz ok).
 
     Lines are parsed one at a time (no whole-file buffering) so MS MARCO-sized files fit.
     """
+    return read_corpus_subset(path, None)
+
+
+def read_corpus_subset(path: PathLike, needed: set[str] | None) -> dict[str, dict]:
+    """Stream a corpus (MS MARCO `collection.tsv`, BEIR `corpus.jsonl` or its folder, .gz ok) keeping
+    only the `needed` docids (all when None): a rerank of a run's top-k holds k x queries passages,
+    not the 8.8M of MS MARCO. Every line is still checked, with `file:line` on errors; duplicates are
+    reported among the kept docids (the ones that could change a result)."""
+    path = beir_file(path, "corpus")
     as_json = _is_json(path)
     corpus: dict[str, dict] = {}
+    lines = 0
     for last, lineno, line in _with_last(_lines(path)):
+        lines += 1
         cols = [] if as_json else line.split("\t")  # TSV: docid [title] text
         if as_json:
             doc_id, doc = _parse_jsonl_doc(path, lineno, line, last)
         elif len(cols) in (2, 3) and cols[0].strip():
-            title = cols[1] if len(cols) == 3 else ""
-            doc_id, doc = cols[0].strip(), {"text": cols[-1], "title": title or None}
+            doc_id = cols[0].strip()
+            if needed is not None and doc_id not in needed:
+                continue
+            doc = {"text": cols[-1], "title": (cols[1] if len(cols) == 3 else "") or None}
         else:
             raise DataError(f"{path}:{lineno}: expected 'docid<TAB>text' or "
                             f"'docid<TAB>title<TAB>text', got {len(cols)} field(s)")
+        if needed is not None and doc_id not in needed:
+            continue
         if doc_id in corpus:
             raise DataError(f"{path}:{lineno}: duplicate docid {doc_id!r}; keep one row per docid")
         corpus[doc_id] = doc
-    if not corpus:
+    if not lines:
         raise DataError(f"{path}: corpus is empty; expected TSV or JSONL passages")
     return corpus

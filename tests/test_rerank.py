@@ -177,3 +177,40 @@ def test_bench_rerank_prints_json_lines_and_ratios(capsys):
     summary = lines[-1]
     assert summary["ratios"]["generate/first_token"] > 1  # decoding ~4 tokens/id vs one forward per window
     assert 0 < summary["first_token_saving_vs_generate"] < 1 and "what" in summary
+
+
+def test_bench_rerank_openai_backend_against_loopback_server(capsys):
+    """`lrt bench rerank --backends hf,openai`: the same windows through the loopback server, labelled CPU."""
+    import json
+
+    from lrt.bench.rerank import main as bench
+
+    assert bench(["--queries", "2", "--candidates", "6", "--window", "4", "--stride", "2", "--passage-tokens", "6",
+                  "--hidden", "32", "--layers", "1", "--modes", "first_token", "--backends", "hf,openai"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    rows = {(r["backend"], r["mode"]): r for r in lines if "mode" in r}
+    assert set(rows) == {("hf", "first_token"), ("openai", "first_token")}
+    hf, oa = rows["hf", "first_token"], rows["openai", "first_token"]
+    assert hf["windows_per_query"] == oa["windows_per_query"] == 2
+    assert hf["prompt_tokens_per_query"] == oa["prompt_tokens_per_query"]  # the very same prompts
+    assert oa["calls"] == 2 * 2 and "missing_identifiers_per_query" in oa  # one request per window
+    summary = lines[-1]
+    assert summary["ratios"]["openai/hf first_token"] > 0 and "CPU" in summary["what"]
+
+
+def test_score_rule_monotone_and_single_window_scores_are_logprobs(tiny):
+    from lrt.rerank import SCORE_STEP, monotone_scores
+
+    assert monotone_scores([-1.0, -0.5, -3.0, -3.0]) == [-1.0, -1.0 - SCORE_STEP, -3.0, -3.0 - SCORE_STEP]
+    model, tok, tpl = tiny
+    cands = random_examples(1, 4, seed=9)[0].candidates
+    rr = Reranker(model, tok, tpl, window=4, stride=2)
+    ranked = rr.rerank("fox", cands)
+    s = rr.score_windows([("q", "fox", cands)])[0]
+    want = monotone_scores(sorted((float(x) for x in s), reverse=True))
+    assert [x for _, x in ranked] == want and all(x < 0 for x in want)  # log-probabilities
+    assert [d for d, _ in ranked] == [cands[j].docid for j in sorted(range(4), key=lambda j: -float(s[j]))]
+    # sliding windows: strictly decreasing with at least the step between neighbours
+    many = rr.rerank("fox", random_examples(1, 11, seed=2)[0].candidates)
+    sc = [x for _, x in many]
+    assert all(a - b >= SCORE_STEP - 1e-9 for a, b in zip(sc, sc[1:]))

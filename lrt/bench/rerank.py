@@ -10,6 +10,12 @@ loading. The modes, all on the same prompts and passages:
   EOS ignored: what a well-formed answer costs; fullrank also forces the length).
 - `full`: one forward over all candidates (special identifiers <id_1>..<id_N>).
 
+`--backends hf,openai` also times the `openai` backend (`Reranker.from_openai`) against the
+loopback completions server of `lrt.testing.openai_server`, which runs the SAME model in this
+process: one HTTP request per window (no server-side batching), `logprobs` = the window, JSON
+both ways. It measures what the client path (prompt rendering, HTTP, parsing, concurrency) costs
+on top of the same forward passes: a CPU figure, not vLLM's throughput on a GPU.
+
 The default model is a random tiny Llama (saved with lrt metadata and reloaded through
 `Reranker.from_pretrained`); `--model DIR` times an exported model instead. On a tiny CPU model the
 per-token decoding overhead dominates, so `generate` looks far slower than on a 7B model on a GPU,
@@ -80,6 +86,28 @@ def time_mode(rr: Any, queries: list, mode: str, repeats: int) -> dict[str, Any]
     }
 
 
+def bench_openai(a: argparse.Namespace, path: str | Path, rr: Any, modes: list[str]) -> dict[str, dict[str, Any]]:
+    """Time first_token/generate through `Reranker.from_openai` against the loopback server
+    running `rr.model` (same weights, same prompts)."""
+    from lrt.rerank import Reranker
+    from lrt.testing.openai_server import LogprobServer
+
+    out: dict[str, dict[str, Any]] = {}
+    qs = synthetic_queries(a.queries, a.candidates, a.passage_tokens * 2, a.seed)
+    with LogprobServer(rr.model, rr.tok) as srv:
+        orr = Reranker.from_openai(srv.url, "bench", path, window=a.window, stride=a.stride, max_length=32768,
+                                   concurrency=a.concurrency, gen_force_length=True)
+        orr.template = orr.template.with_(max_passage_tokens=a.passage_tokens)
+        for mode in [m for m in modes if m in ("first_token", "generate")]:
+            try:
+                res = time_mode(orr, qs, mode, a.repeats)
+            except LrtError as e:
+                res = {"mode": mode, "skipped": str(e)}
+            res["missing_identifiers_per_query"] = orr.last_stats.missing_identifiers / a.queries
+            out[mode] = res
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lrt bench rerank", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="exported model dir (default: a random tiny Llama)")
@@ -92,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256, help="tiny model width")
     p.add_argument("--layers", type=int, default=4, help="tiny model depth")
     p.add_argument("--modes", default="first_token,generate,full")
+    p.add_argument("--backends", default="hf",
+                   help="hf and/or openai (the loopback server running the same model; modes first_token, generate)")
+    p.add_argument("--concurrency", type=int, default=4, help="openai backend: parallel requests")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -107,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         raise LrtError(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
     if a.queries < 1 or a.candidates < 2 or a.repeats < 1:
         raise LrtError("need --queries >= 1, --candidates >= 2 and --repeats >= 1")
+    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    if bad := [b for b in backends if b not in ("hf", "openai")]:
+        raise LrtError(f"--backends: unknown {bad}; choose from hf, openai")
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmp:
         path = a.model or build_tiny(Path(tmp), a.candidates, a.hidden, a.layers, a.window, a.stride, a.seed)
         rr = Reranker.from_pretrained(path, device=a.device, mode="full", window=a.window, stride=a.stride,
                                       batch_size=a.batch_size, max_length=32768, gen_force_length=True)
+        if "openai" in backends:
+            openai_rows = bench_openai(a, path, rr, modes)
     rr.template = rr.template.with_(max_passage_tokens=a.passage_tokens)
     n_params = sum(p.numel() for p in rr.model.parameters())
     what = (f"ms/query = wall time of Reranker.rerank_many over {a.queries} queries x {a.candidates} candidates / "
@@ -120,17 +156,27 @@ def main(argv: list[str] | None = None) -> int:
               "candidates": a.candidates, "passage_tokens": a.passage_tokens, "batch_size": a.batch_size}
     qs = synthetic_queries(a.queries, a.candidates, a.passage_tokens * 2, a.seed)
     rows: dict[str, dict[str, Any]] = {}
-    for mode in modes:
+    for mode in modes if "hf" in backends else []:
         w, s = (a.candidates, a.candidates) if mode == "full" else (a.window, a.stride)
         try:
             res = time_mode(rr, qs, mode, a.repeats)
         except LrtError as e:  # e.g. --model without enough special identifiers for `full`
             res = {"mode": mode, "skipped": str(e)}
-        rows[mode] = {**common, "window": w, "stride": s, **res}
+        rows[mode] = {**common, "backend": "hf", "window": w, "stride": s, **res}
         print(json.dumps(rows[mode]), flush=True)
+    if "openai" in backends:
+        for mode, res in openai_rows.items():
+            rows[f"openai:{mode}"] = {**common, "backend": "openai", "window": a.window, "stride": a.stride, **res}
+            print(json.dumps(rows[f"openai:{mode}"]), flush=True)
     ms = {m: r["ms_per_query"] for m, r in rows.items() if "ms_per_query" in r}
     ratios = {f"{x}/{y}": round(ms[x] / ms[y], 2) for x, y in
               (("generate", "first_token"), ("first_token", "full"), ("generate", "full")) if x in ms and y in ms}
+    for m in ("first_token", "generate"):
+        if f"openai:{m}" in ms and m in ms:
+            ratios[f"openai/hf {m}"] = round(ms[f"openai:{m}"] / ms[m], 2)
+    if "openai" in backends:
+        what += ("; openai = the same model behind the loopback completions server in this process (CPU, one "
+                 "request per window, no server batching): client + HTTP overhead, not a vLLM GPU figure")
     summary: dict[str, Any] = {"bench": "rerank", "ratios": ratios, "what": what}
     if "generate" in ms and "first_token" in ms:
         summary["first_token_saving_vs_generate"] = round(1 - ms["first_token"] / ms["generate"], 3)
@@ -142,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 def _table(rows: dict[str, dict[str, Any]], ratios: dict[str, float], what: str) -> str:
     lines = [f"# {what}", f"{'mode':<12} {'window':>6} {'calls':>5} {'prompt tok/q':>12} {'gen tok/q':>9} {'ms/query':>9}"]
     for m, r in rows.items():
+        m = m if len(m) <= 12 else m.replace("openai:", "oa:")
         if "skipped" in r:
             lines.append(f"{m:<12} skipped: {r['skipped']}")
             continue

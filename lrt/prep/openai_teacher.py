@@ -79,7 +79,7 @@ class OpenAITeacher:
 
     def messages(self, req: WindowRequest) -> list[dict[str, str]]:
         texts = [self.truncate(p) for p in req.passages] if self.truncate else list(req.passages)
-        passages = prepare_passages(texts, self.max_passage_words)
+        passages = prepare_passages(texts, self.max_passage_words, self.template.escape)
         return render_messages(self.template, req.query, passages, identifier_labels(self.scheme, len(passages)))
 
     def _payload(self, req: WindowRequest) -> dict[str, Any]:

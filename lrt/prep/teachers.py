@@ -84,9 +84,10 @@ def truncate_words(text: str, max_words: int | None) -> str:
     return text if len(words) <= max_words else " ".join(words[:max_words])
 
 
-def prepare_passages(passages: Iterable[str], max_words: int | None) -> list[str]:
-    """Truncate then escape identifier look-alikes, exactly as the shared renderer expects."""
-    return [escape_passage(truncate_words(p, max_words)) for p in passages]
+def prepare_passages(passages: Iterable[str], max_words: int | None, escape: str = "lrt") -> list[str]:
+    """Truncate then escape identifier look-alikes (`escape`: the template's style), exactly as the
+    shared renderer expects."""
+    return [escape_passage(truncate_words(p, max_words), escape) for p in passages]
 
 
 class ScoresTeacher:

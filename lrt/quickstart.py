@@ -55,22 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         raise LrtError("the quickstart recipe must evaluate at the end and export (eval.at_end, train.save_final)")
     first, last = res.eval_history[0], res.eval_history[-1]
     # reload the exported checkpoint and rerank the held-out queries again: same ordering expected
-    from lrt.evaluate import ndcg_at_k
     from lrt.rerank import Reranker
-    from lrt.train.loop import eval_qrels
+    from lrt.train.loop import eval_judgements, eval_ndcg, headline_key
 
     rr = Reranker.from_pretrained(res.final_dir, device="cpu")
     ranked = rr.rerank_many([(e.qid, e.query, e.candidates) for e in trainer.eval_examples])
     exported = {q: [d for d, _ in v] for q, v in ranked.items()}
     same = exported == trainer.last_rankings
-    qrels = eval_qrels(trainer.eval_examples)
+    qrels, kind = eval_judgements(trainer.eval_examples, recipe.eval.qrels)
+    key = headline_key(last)  # the demo rows grade their candidates only: eval/nDCG@10_candidates
+    init_key = key.replace("eval/nDCG@10", "eval/initial_nDCG@10")
     summary = {
         "heldout_queries": len(exported),
         "candidates_per_query": TASK["n_candidates"],
-        "nDCG@10_initial_order": round(last["eval/initial_nDCG@10"], 4),
-        "nDCG@10_before_finetuning": round(first["eval/nDCG@10"], 4) if first["step"] == 0 else None,
-        "nDCG@10_trained": round(last["eval/nDCG@10"], 4),
-        "nDCG@10_exported_reloaded": round(ndcg_at_k(exported, qrels, 10), 4),
+        "nDCG@10_initial_order": round(last[init_key], 4),
+        "nDCG@10_before_finetuning": round(first[key], 4) if first["step"] == 0 else None,
+        "nDCG@10_trained": round(last[key], 4),
+        "nDCG@10_exported_reloaded": round(eval_ndcg(exported, qrels, kind), 4),
         "exported_ordering_equals_training_eval": same,
         "train_steps": res.steps,
         "wall_time_s": round(time.perf_counter() - t0, 1),

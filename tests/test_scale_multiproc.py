@@ -107,8 +107,8 @@ def state(run_dir: Path, step: int) -> dict:
 
 
 def assert_evaluated(run_dir: Path) -> None:
-    ev = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval/nDCG@10" in r]
-    assert len(ev) == 1 and ev[0]["eval/queries"] == 6 and 0 <= ev[0]["eval/nDCG@10"] <= 1
+    ev = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval/nDCG@10_candidates" in r]
+    assert len(ev) == 1 and ev[0]["eval/queries"] == 6 and 0 <= ev[0]["eval/nDCG@10_candidates"] <= 1
 
 
 def test_ddp_full_and_lora(recipe, reference, tiny_data, tmp_path):

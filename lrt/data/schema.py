@@ -75,15 +75,33 @@ class SkipReport:
 
     def add(self, where: str, problem: str) -> None:
         self.skipped += 1
-        self.reasons[problem.split(":")[0]] += 1
+        for kind in dict.fromkeys(problem_kind(p) for p in problem.split("; ")):
+            self.reasons[kind] += 1  # rows per kind of problem (a row may have several kinds)
         if len(self.examples) < 10:
             self.examples.append(f"{where}: {problem}")
 
     def summary(self) -> str:
+        """One line per kind of problem, most frequent first, then the first example rows."""
         if not self.skipped:
             return f"{self.total} rows, none skipped"
-        head = "; ".join(self.examples[:3])
-        return f"{self.total} rows, {self.skipped} skipped ({dict(self.reasons)}), e.g. {head}"
+        kinds = "".join(f"\n  {n} x {k}" for k, n in self.reasons.most_common())
+        head = "".join(f"\n  e.g. {e}" for e in self.examples[:3])
+        return f"{self.total} rows, {self.skipped} skipped, by kind:{kinds}{head}"
+
+
+def problem_kind(problem: str) -> str:
+    """A problem with its specifics (positions, docids, values) blanked, so messages group by kind:
+    `candidates[3] (docid d7) has empty or missing `text`` -> `candidates[i] has empty or missing `text``."""
+    import re
+
+    k = problem.split(":")[0] if not problem.startswith("`") else problem
+    k = re.sub(r"\s*\(docid [^)]*\)", "", k)
+    k = re.sub(r"\[\d+\]", "[i]", k)
+    k = re.sub(r"\[(?!i\])[^\]`]*\]", "[...]", k)
+    k = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", k)
+    k = re.sub(r"\(got [^)]*\)|\(first at [^)]*\)|\(NaN[^)]*\)", "", k)
+    k = re.sub(r"\b\d+\b", "N", k)
+    return re.sub(r"\s+", " ", k).strip()
 
 
 def _str_field(row: dict, key: str, problems: list[str]) -> str:

@@ -122,6 +122,9 @@ def build_labels(
     alive = [True] * len(examples)
     res = BuildResult({}, [])
     c = res.counts
+    from lrt.progress import Progress
+
+    bar = Progress(sum(len(p) for p in plans), "prep", unit="window")  # not 45 INFO lines of window steps
     for step in range(max((len(p) for p in plans), default=0)):
         live = [q for q in range(len(examples)) if alive[q] and step < len(plans[q])]
         if not live:
@@ -155,8 +158,11 @@ def build_labels(
                     req.qid, step, p, a, b, list(req.docids), resp.raw, parsed.order if parsed else None,
                     parsed.duplicates if parsed else 0, parsed.out_of_range if parsed else 0,
                     parsed.missing if parsed else 0, bool(parsed and parsed.valid), resp.cached, resp.error))
-        log.info("step %d: %d windows (%d cached, %d failed so far)", step + 1, len(reqs),
-                 sum(r.cached for r in resps), c["failed_calls"])
+        log.debug("step %d: %d windows (%d cached, %d failed so far)", step + 1, len(reqs),
+                  sum(r.cached for r in resps), c["failed_calls"])
+        bar.set_postfix(cached=c["cache_hits"], failed=c["failed_calls"])
+        bar.update(len(reqs))
+    bar.close()
     for q, ex in enumerate(examples):
         if alive[q]:
             res.rankings[ex.qid] = [ids[q][i] for i in orders[q]]

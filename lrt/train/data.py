@@ -53,7 +53,13 @@ def encode_all(
     """Encode every example once; with data.num_proc > 1 through `datasets.map` worker processes."""
     kw = dict(max_length=r.data.max_length, id_token_ids=id_token_ids, window=r.data.window, include_target=include_target)
     if r.data.num_proc <= 1:
-        return [encode_example(tokenizer, template, ex, **kw).to_row() for ex in examples]  # type: ignore[arg-type]
+        import os
+
+        from lrt.progress import track
+
+        show = r.log.progress and os.environ.get("RANK", "0") == "0"  # one bar, on rank 0
+        return [encode_example(tokenizer, template, ex, **kw).to_row()  # type: ignore[arg-type]
+                for ex in track(examples, "encode", unit="list", enabled=show, leave=False)]
     import datasets
 
     def fn(row: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,9 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _numeric(rec: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    """The finite numbers of a record (a diverged step's NaN goes to metrics.jsonl as null, not to trackers)."""
+    return {k: float(v) for k, v in rec.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v)}
 
 
 class Tracker:

@@ -64,3 +64,31 @@ def test_format_errors_name_file_and_line(tmp_path, name, text, needle):
     reader = read_topics if name.startswith("q.") else read_qrels
     with pytest.raises(DataError, match=needle):
         reader(p)
+
+
+def test_streamed_corpus_memory_is_bounded_by_the_needed_docids(tmp_path):
+    """200k passages (~66 MB, MS MARCO-length texts): keeping 100 needed docids must not grow the peak RSS
+    by more than 25 MB, where reading it whole costs ~90 MB (measured: +460 MB per 1M passages)."""
+    import subprocess
+    import sys
+
+    words = "the quick brown fox jumps over lazy dog passage text about many things river city market".split()
+    with (tmp_path / "collection.tsv").open("w") as f:
+        for i in range(200_000):
+            f.write(f"{i}\t" + " ".join(words[(i + k) % len(words)] for k in range(55)) + "\n")
+    probe = (
+        "import resource, sys\n"
+        "from lrt.io import read_corpus, read_corpus_subset\n"
+        "m = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+        "r0 = m()\n"
+        "c = (read_corpus_subset(sys.argv[1], {str(i) for i in range(0, 200_000, 2000)}) if sys.argv[2] == 'subset'\n"
+        "     else read_corpus(sys.argv[1]))\n"
+        "print(len(c), m() - r0)\n")
+    out = {}
+    for mode in ("subset", "whole"):
+        p = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "collection.tsv"), mode],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        out[mode] = [int(x) for x in p.stdout.split()]
+    assert out["subset"][0] == 100 and out["whole"][0] == 200_000
+    assert out["subset"][1] < 25 and out["whole"][1] > 3 * max(out["subset"][1], 10), out

@@ -104,13 +104,30 @@ def test_bos_once_and_as_served(real_tok, name):
         assert tok(text)["input_ids"][:2] == [tok.bos_token_id] * 2
 
 
+# the other FIRST recipes (listmle, lora, qlora) render first-mistral-7b's prompt (checked below)
+FIRST_RECIPES = ["first-zephyr-7b.yaml", "first-mistral-7b.yaml", "first-full100-qwen-7b.yaml"]
+
+
+def test_the_other_first_recipes_share_a_checked_prompt():
+    for name in ("first-mistral-7b-listmle.yaml", "first-mistral-7b-lora.yaml", "first-mistral-7b-qlora.yaml"):
+        assert recipe_template(name) == recipe_template("first-mistral-7b.yaml"), name
+
+
+@pytest.mark.parametrize("recipe", FIRST_RECIPES)
 @pytest.mark.parametrize("name", list(TOKENIZERS))
-def test_first_recipe_prompt_on_real_tokenizer(real_tok, name):
+def test_first_recipe_prompt_on_real_tokenizer(real_tok, name, recipe):
     tok = real_tok[name]
-    tpl = recipe_template(TOKENIZERS[name][2])
+    tpl = recipe_template(recipe)
     ex = example(20)
+    if tpl.identifiers == "special":  # <id_1>..<id_N> are added to the vocabulary (lrt.modeling.load_tokenizer)
+        import copy
+
+        from lrt.data.prompts import special_tokens
+
+        tok = copy.deepcopy(tok)
+        tok.add_special_tokens({"additional_special_tokens": special_tokens(20)}, replace_extra_special_tokens=False)
     ids20 = identifier_token_ids(tok, tpl, 20)
-    assert tok.convert_ids_to_tokens(ids20) == identifier_labels("alpha", 20)  # "A".."T", one token each
+    assert tok.convert_ids_to_tokens(ids20) == identifier_labels(tpl.identifiers, 20)  # "A".."T" / <id_k>: one token each
     enc = encode_example(tok, tpl, ex, max_length=4096, id_token_ids=ids20)
     ranks = ex.ranks()
     best = ranks.index(1)
@@ -120,7 +137,7 @@ def test_first_recipe_prompt_on_real_tokenizer(real_tok, name):
     assert enc.target_start == enc.answer_index - 1
     # LM targets: exactly "[X] > [Y] > ... </s>" in teacher order, predicted from the position before each
     batch = ListwiseCollator(tok.pad_token_id, "left")([enc])
-    labels = identifier_labels("alpha", 20)
+    labels = identifier_labels(tpl.identifiers, 20)
     target, _ = render_target([labels[i] for i in sorted(range(20), key=lambda i: ranks[i])])
     assert tok.decode(batch["lm_targets"].tolist()) == target + tok.eos_token
     T = batch["input_ids"].shape[1]
@@ -129,10 +146,14 @@ def test_first_recipe_prompt_on_real_tokenizer(real_tok, name):
     # reranking encodes exactly training's prompt + "[" (same BOS, same passage cut)
     rr = encode_example(tok, tpl, ex, max_length=4096, id_token_ids=ids20, include_target=False)
     assert rr.input_ids == enc.input_ids[: enc.answer_index]
-    # query and passages escaped alike (the rank_llm preset: numbers, as rank_llm does)
+    # query and passages escaped alike ([2] -> (2) in both; lrt's own style also [B] and <id_2>)
     prompt = tok.decode(rr.input_ids)
-    assert tpl.escape == "rank_llm" and "lobsters (2) breathe" in prompt and "(3)" in prompt
-    assert re.search(r"\[\d", prompt) is None  # no "[2]"/"[3]" left: the identifiers are letters
+    assert "lobsters (2) breathe" in prompt and "(3)" in prompt
+    assert re.search(r"\[\d", prompt) is None  # no "[2]"/"[3]" left: the identifiers are letters or <id_k>
+    passage_lines = [x for x in prompt.split("\n") if re.match(r"\[(?:[A-T]|<id_\d+>)\] ", x)]
+    assert len(passage_lines) == 20
+    # rank_llm leaves a letter in brackets alone (as rank_llm does); lrt's own style rewrites it
+    assert any("[B]" in x.split("] ", 1)[1] for x in passage_lines) == (tpl.escape == "rank_llm")
 
 
 @pytest.mark.parametrize("name", list(TOKENIZERS))
@@ -180,11 +201,12 @@ def test_export_records_bos_and_the_reranker_honours_it(real_tok, tmp_path):
     loaded = PromptTemplate.from_dict(RerankerMeta.load(tmp_path).template)
     assert loaded.bos == "always"
     ex = example(5)
-    rr = Reranker(tiny_llama(len(tok), hidden=32, layers=1), tok, loaded, window=5, stride=5, max_length=4096)
+    model = tiny_llama(64, hidden=16, layers=1)  # encode_window does not run the model (a 32k-vocab init is slow)
+    rr = Reranker(model, tok, loaded, window=5, stride=5, max_length=4096)
     enc = rr.encode_window(("q", ex.query, ex.candidates))
     assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids.count(tok.bos_token_id) == 1
     # an export without BOS (bos "none") is reranked without one, whatever the tokenizer would add
     off = RerankerMeta(template=tpl.to_dict(), window=20, stride=10, max_length=4096, bos="none")
-    rr = Reranker(tiny_llama(len(tok), hidden=32, layers=1), tok, PromptTemplate.from_dict(off.template),
+    rr = Reranker(model, tok, PromptTemplate.from_dict(off.template),
                   window=5, stride=5, max_length=4096)
     assert rr.encode_window(("q", ex.query, ex.candidates)).input_ids[0] != tok.bos_token_id

@@ -1,7 +1,7 @@
 """Pretrain the tiny Llama backbone shipped in lrt/assets/tiny-backbone (run once; output is committed).
 
 Why: a decoder trained from scratch on FIRST-format ranking stays on the display-position plateau
-for many CPU-minutes (/work/shared/reference/learnability.md): relevance needs a multi-hop circuit
+for many CPU-minutes (measured: lrt/assets/tiny-backbone/README.md, "Why tiny models plateau"): relevance needs a multi-hop circuit
 (passage tokens learn "which identifier am I under", the answer position finds query-word matches and
 copies their identifier) and neither hop gets gradient until the other exists. This script teaches
 those *generic* sub-skills on tasks that are NOT the quickstart task (no ranking, no grades, no chat

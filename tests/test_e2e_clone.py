@@ -1,4 +1,4 @@
-"""The real workflow as a new user runs it, from a folder outside the repository with no `../shared`:
+"""The real workflow as a new user runs it, from a folder outside the repository with no sibling `shared` folder:
 copy shipped jobs and a recipe, `lrt prep` (DL19 eval set from a TREC run + topics + qrels + MS MARCO-style
 collection; RankZephyr conversations) -> `lrt train` (tiny model, the shipped FIRST recipe reading exactly
 what the jobs wrote) -> `lrt rerank` a BM25 run -> `lrt eval`; then a BEIR folder through rerank and eval.
@@ -35,7 +35,7 @@ def lrt(cwd: Path, *args: str, timeout: int = 600) -> str:
 def home(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("user") / "work"
     d.mkdir()
-    assert REPO not in d.parents and not (d.parent / "shared").exists() and not (d / "../shared").exists()
+    assert REPO not in d.parents and not (d.parent / "shared").exists()
     shutil.copytree(FIX / "e2e" / "dl19", d / "dl19")
     shutil.copytree(FIX / "e2e" / "beir", d / "beir")
     (d / "data" / "msmarco").mkdir(parents=True)

@@ -27,53 +27,30 @@ EXPORT_OVERRIDES = ["model.gradient_checkpointing=false", "model.neftune_alpha=n
                     "train.deepspeed=null"]
 
 
-def save_meta(out: Path, r: Recipe) -> None:
+def save_meta(out: Path, r: Recipe, tok: Any = None) -> None:
+    from lrt.data.prompts import bos_outcome, rank_llm_serving
     from lrt.train.data import prompt_template
 
+    if tok is None:  # every caller has saved the tokenizer to `out` first
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(out))
     w = r.eval.window or r.data.window or 20
-    RerankerMeta(template=prompt_template(r).to_dict(), window=w, stride=r.eval.stride or max(1, w // 2),
-                 max_length=r.data.max_length).save(out)
+    template = prompt_template(r)
+    bos = bos_outcome(tok, template)  # what training did, pinned so serving does the same
+    template = template.with_(bos="always" if bos == "prepended" else "never")
+    RerankerMeta(template=template.to_dict(), window=w, stride=r.eval.stride or max(1, w // 2),
+                 max_length=r.data.max_length, bos=bos,
+                 rank_llm=rank_llm_serving(template, w, r.eval.stride or max(1, w // 2), r.data.max_length)).save(out)
 
 
-def _metrics_summary(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(last training record, last evaluation record) from the run's metrics.jsonl."""
-    train_rec: dict[str, Any] = {}
-    eval_rec: dict[str, Any] = {}
-    f = run_dir / "metrics.jsonl"
-    if f.exists():
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in rec:
-                train_rec = rec
-            elif any(k.startswith("eval/") for k in rec):
-                eval_rec = rec
-    return train_rec, eval_rec
+def model_card(out: Path, r: Recipe, source: str, n_lists: int | None = None, run_dir: Path | None = None,
+               **card: Any) -> None:
+    """README.md in the Hugging Face format (lrt.card): `step`, `selection`, `eval_history` say
+    which weights these are and list their own metrics."""
+    from lrt.card import write_card
 
-
-def model_card(out: Path, r: Recipe, source: str, n_lists: int | None = None, run_dir: Path | None = None) -> None:
-    run_dir = Path(run_dir or r.output_dir)
-    last, evals = _metrics_summary(run_dir)
-    resolved = run_dir / "recipe.resolved.yaml"
-    loss = {k: round(v, 6) for k, v in last.items() if k.startswith("loss") and isinstance(v, float)}
-    lines = [
-        "---", "library_name: transformers", "tags: [lrt, reranker, listwise]", "---",
-        f"# {run_dir.name}", "",
-        "Listwise reranker trained with lrt (FIRST-style first-token scoring).", "",
-        f"- base model: `{r.model.name_or_path}`" + (f" + LoRA r={r.model.lora.r}" if r.model.lora else "")
-        + (f" (QLoRA {r.model.quantization.bits}-bit {r.model.quantization.quant_type})" if r.model.quantization else ""),
-        f"- training data: `{r.data.train}`" + (f" ({n_lists} lists)" if n_lists is not None else ""),
-        "- objective: " + ", ".join(f"{t.weight} x {t.name} {t.params or ''}".rstrip() for t in r.loss),
-        f"- identifiers: {r.identifier_scheme()}; exported from: {source}",
-        f"- last training step: {json.dumps({'step': last.get('step'), **loss})}",
-        f"- last evaluation: {json.dumps(evals)}", "",
-        "Rerank with `lrt.Reranker.from_pretrained(path)` or `lrt rerank --model path ...`; it is also a plain",
-        "`AutoModelForCausalLM` checkpoint.", "",
-        "## Recipe", "```yaml", resolved.read_text(encoding="utf-8") if resolved.exists() else "", "```",
-    ]
-    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    write_card(out, r, source, n_lists, run_dir, **card)
 
 
 def save_adapter(peft_model: nn.Module, state: dict[str, torch.Tensor] | None, out: Path) -> Path:
@@ -135,17 +112,17 @@ def rebuild(r: Recipe, tok: Any, trainable: dict[str, torch.Tensor]) -> nn.Modul
 
 
 def write_export(model: nn.Module, tok: Any, r: Recipe, out: Path, source: str, n_lists: int | None = None,
-                 state_dict: dict[str, torch.Tensor] | None = None, run_dir: Path | None = None) -> Path:
+                 state_dict: dict[str, torch.Tensor] | None = None, run_dir: Path | None = None, **card: Any) -> Path:
     """Weights (safetensors; plus generation_config.json), tokenizer, lrt_reranker.json, model card."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
     tok.save_pretrained(str(out))
-    save_meta(out, r)
-    model_card(out, r, source, n_lists, run_dir)
+    save_meta(out, r, tok)
+    model_card(out, r, source, n_lists, run_dir, **card)
     return out
 
 
-def export_trained(trainer: Any, out: Path) -> Path:
+def export_trained(trainer: Any, out: Path, selection: str | None = None) -> Path:
     """End of training. Every rank calls this (ZeRO-3 gathers collectively); rank 0 writes.
 
     Full fine-tuning: the gathered weights are saved as they are. LoRA: `out/adapter/` (PEFT
@@ -170,6 +147,7 @@ def export_trained(trainer: Any, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         n = len(trainer.train_examples)
         src = f"end of training (step {trainer.step})"
+        card = {"step": trainer.step, "eval_history": list(trainer.eval_history), "selection": selection}
         if lora:
             assert state is not None
             adapter = save_adapter(model, state, out / "adapter")
@@ -183,9 +161,9 @@ def export_trained(trainer: Any, out: Path) -> Path:
                 )
             else:
                 merged = merge_lora(rebuild(export_recipe(r), trainer.tok, state))
-                write_export(merged, trainer.tok, r, out, src, n)
+                write_export(merged, trainer.tok, r, out, src, n, **card)
         else:
-            write_export(unwrap(model), trainer.tok, r, out, src, n, state_dict=state)
+            write_export(unwrap(model), trainer.tok, r, out, src, n, state_dict=state, **card)
     env.barrier()
     return out
 
@@ -211,7 +189,7 @@ def load_checkpoint_tensors(cp: Path, model: nn.Module) -> dict[str, torch.Tenso
 
 def export_run(
     run_dir: str | Path, out: str | Path, checkpoint: str | None = None, dtype: str = "float32",
-    adapter_only: bool = False, as_trained: bool = False,
+    adapter_only: bool = False, as_trained: bool = False, selection: str | None = None, usage_path: str | None = None,
 ) -> Path:
     """`lrt export RUN_DIR --out DIR`: rebuild the model from the run's resolved recipe (unquantised,
     in `dtype`), load the trained tensors of a checkpoint (default: newest complete), merge LoRA,
@@ -239,6 +217,10 @@ def export_run(
     load_trainable_state(model, load_checkpoint_tensors(cp, model))
     model.eval()
     src = f"checkpoint {cp.name} of {run_dir}"
+    state = ckpt.read_state(cp)  # the checkpoint's own step and evaluations, not the run's last ones
+    card = {"step": state.get("step"), "eval_history": state.get("eval_history") or None,
+            "selection": selection or f"chosen with `lrt export --checkpoint {checkpoint}`" if checkpoint
+            else selection or "the newest complete checkpoint", "path": usage_path}
     if adapter_only:
         if not hasattr(model, "peft_config"):
             raise LrtError("--adapter-only needs a LoRA run (this run fine-tuned the full model)")
@@ -247,9 +229,80 @@ def export_run(
         save_adapter(model, gather_on_rank0(model, True), out)
         tok.save_pretrained(str(out))
         save_meta(out, r)
-        model_card(out, r, src + " (adapter only)", run_dir=run_dir)
+        model_card(out, r, src + " (adapter only)", run_dir=run_dir, **card)
         return out
     merged = merge_lora(model)
     if not as_trained:
         merged = merged.to(getattr(torch, dtype))
-    return write_export(merged, tok, r, out, src, run_dir=run_dir)
+    return write_export(merged, tok, r, out, src, run_dir=run_dir, **card)
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
+    """Upload an export folder to the Hugging Face Hub (`HfApi.create_repo` + `upload_folder`).
+
+    The token comes from the environment (`HF_TOKEN`) or huggingface_hub's own login cache; lrt
+    never writes it anywhere. `HF_ENDPOINT` selects another Hub (or a local test server)."""
+    import os
+
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
+        raise LrtError(f"{folder}: not an exported model (no config.json); run `lrt export RUN_DIR --out DIR` first")
+    if constants.HF_HUB_OFFLINE:
+        raise LrtError("offline mode (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1) is set: unset it to push to the Hub")
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise LrtError("no Hugging Face token: set HF_TOKEN to a token with write access (or run `hf auth login`)")
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    try:
+        # private=None (not False) without --private: the Hub's (or the organisation's) default visibility
+        url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                 commit_message=commit_message or f"lrt export ({folder.name})")
+    except HfHubHTTPError as e:
+        raise LrtError(f"push to {repo_id} failed: {str(e).splitlines()[0]}") from None
+    log.info("pushed %s to %s (%s)", folder, url, getattr(info, "commit_url", info))
+    return str(url)
+
+
+def export_final(trainer: Any, out: Path) -> Path:
+    """`final/` at the end of training: the best evaluated checkpoint under `eval.select_best`,
+    else the last step. Every rank calls this; the best checkpoint is rebuilt on rank 0's CPU
+    (the same path as `lrt export --checkpoint`), the live model is exported collectively."""
+    from lrt.train import checkpoint as ckpt
+
+    r, best = trainer.r, trainer.best
+    if not r.eval.select_best:
+        return export_trained(trainer, out)
+    if not best:
+        return export_trained(trainer, out, "eval.select_best is set but no evaluation ran: the last step")
+    from lrt.card import headline
+
+    key, _ = headline(best)
+    n = len(trainer.eval_history)
+    why = (f"eval.select_best: the best {key.removeprefix('eval/') if key else 'nDCG@10'} "
+           f"({best.get(key, float('nan')):.4f}) of {n} evaluation(s), at step {best.get('step')}")
+    if best.get("step") == trainer.step:
+        return export_trained(trainer, out, why + " (the last step)")
+    cp = ckpt.step_dir(trainer.ckpt_root, int(best["step"])) if best.get("checkpoint") else None
+    if cp is None or not cp.is_dir():
+        log.warning("eval.select_best: the best step %s was not checkpointed (set train.save_every); final/ is the last step",
+                    best.get("step"))
+        return export_trained(trainer, out, f"the last step: the best evaluation (step {best.get('step')}) was not "
+                              "checkpointed (eval.select_best needs train.save_every to keep it)")
+    if trainer.env.is_main:
+        import shutil
+
+        if out.exists():
+            shutil.rmtree(out)
+        adapter_dir = None
+        export_run(trainer.out, out, str(cp), dtype=_unquantised_dtype(r), selection=why)
+        if r.model.lora is not None:
+            adapter_dir = out / "adapter"
+            export_run(trainer.out, adapter_dir, str(cp), adapter_only=True, selection=why)
+        log.info("final/: step %s (best evaluation) from %s%s", best.get("step"), cp.name,
+                 f", adapter in {adapter_dir}" if adapter_dir else "")
+    trainer.env.barrier()
+    return out

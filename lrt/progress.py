@@ -66,6 +66,14 @@ class Progress:
             self._last = now
             self._line()
 
+    def restart_clock(self) -> None:
+        """Measure rate and ETA from now (e.g. after an evaluation that ran before the first step)."""
+        self._t0 = self._last = time.monotonic()
+        self._n0 = self.n
+        if self._bar is not None:
+            self._bar.reset(total=self.total)
+            self._bar.update(self.n)
+
     def set_postfix(self, **kw: Any) -> None:
         if not self.enabled:
             return

@@ -48,7 +48,7 @@ def test_final_export_and_lrt_export_reproduce_trained_scores(trained_run, tmp_p
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exp")
     assert max_diff(scores(exported, t, items), trained) <= 1e-5
     card = (tmp_path / "exp/README.md").read_text()
-    assert "checkpoint step-0000003" in card and "train.jsonl" in card and '"step": 3' in card
+    assert "checkpoint step-0000003" in card and "train.jsonl" in card and "(step 3)" in card
     rr = Reranker.from_pretrained(tmp_path / "exp", window=5, stride=5)
     assert rr.score_windows(items)[0].shape == trained[0].shape
 

@@ -43,9 +43,8 @@ def _pct(xs: Sequence[int], q: float) -> int:
 
 def list_stats(rows: Sequence[dict[str, Any]], max_length: int) -> dict[str, int]:
     """Lists, tokens per list (p50, p95, max) and how many were cut to fit data.max_length."""
-    ds = getattr(rows, "ds", None)  # the tokenised cache: read two columns, not every row
-    if ds is not None and {"length", "truncated"} <= set(getattr(ds, "column_names", ())):
-        lens, cut = list(ds["length"]), sum(bool(x) for x in ds["truncated"])
+    if hasattr(rows, "column"):  # the tokenised cache (lrt.data.cache.EncodedRows): two columns, not every row
+        lens, cut = [int(x) for x in rows.column("length")], int(sum(bool(x) for x in rows.column("truncated")))
     else:
         lens = [len(r["input_ids"]) for r in rows]
         cut = sum(bool(r.get("truncated")) for r in rows)

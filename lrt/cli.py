@@ -23,13 +23,14 @@ commands:
   rerank ...                        rerank a TREC run with an exported model (lrt rerank -h)
   eval --qrels Q --run R [...]      trec_eval-exact metrics via ir-measures (lrt eval -h)
   export RUN_DIR --out DIR          merge LoRA and write a Hugging Face reranker checkpoint
+  plot RUN_DIR [RUN_DIR ...]        loss terms, LR, grad norm and eval nDCG of runs, overlaid (PNG)
   bench ...                         benchmarks (lrt bench -h)
-"""
-
   recipes list | copy NAME DEST     list the shipped recipes/prep jobs/launch files; copy one out
 
 options:
   -V, --version                     print lrt's version
+"""
+
 
 def _validate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lrt validate", description="Validate a recipe without training.")
@@ -112,19 +113,27 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": _lazy("lrt.evaluate"),
     "export": _lazy("lrt.export_cli"),
     "bench": _lazy("lrt.bench"),
+    "recipes": _lazy("lrt.recipes_cli"),
+    "plot": _lazy("lrt.plot"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "datasets", "DeepSpeed", "torch.distributed"):
-    "recipes": _lazy("lrt.recipes_cli"),
-    "plot": _lazy("lrt.plot"),
+    for noisy in ("httpx", "httpx2", "datasets", "DeepSpeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    if argv[0] in ("-V", "--version"):
+        from lrt import __version__
+
+        print(f"lrt {__version__}")
+        return 0
+    if not sys.stderr.isatty():  # Slurm/CI logs: no carriage-return redraws from HF libraries' bars
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers follows huggingface_hub
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         import difflib
@@ -134,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        return COMMANDS[cmd](rest)
+        rc = COMMANDS[cmd](rest)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return rc
+    except BrokenPipeError:  # `lrt eval ... | head`: the reader left; stop quietly like any Unix tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        return 141
     except LrtError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

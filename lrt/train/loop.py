@@ -266,6 +266,7 @@ class Trainer:
             model = Zero3EvalView(model)
         rr = Reranker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
                       batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
+        rr.progress_desc = "eval"  # the reranking progress bar's label
         # Every rank takes a slice of the queries and the results are gathered. Under ZeRO-3 each
         # forward is collective (parameters are all-gathered), so ranks must run identical forward
         # sequences: there, every rank reranks every query.
@@ -375,20 +376,24 @@ class Trainer:
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_recipe(r, self.out / "recipe.resolved.yaml")
+            self.print_summary()
         history: list[dict[str, Any]] = []
         bar = self.metrics.progress(self.total_steps, initial=self.step)
         if self.step == 0 and r.eval.at_start and (r.eval.every or r.eval.at_end):
             self._run_eval()
+            bar.restart_clock()  # rate and ETA of training steps, not of the initial evaluation
         t0 = time.perf_counter()
         while self.step < self.total_steps:
             rec = self.train_step()
             rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
             history.append(rec)
+            self.metrics.add_step(rec)
             if self.step % r.train.log_every == 0 or self.step == self.total_steps:
-                self.metrics.log(rec)
+                mean = self.metrics.flush_steps()  # the mean over the interval, not one sampled step
+                if mean is not None:
+                    bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             ckpt.fault("after_step", self.step)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if r.eval.every and self.step % r.eval.every == 0 and self.step != self.total_steps:
                 self._run_eval()
             if r.train.save_every and self.step % r.train.save_every == 0 and self._saved_step != self.step:
@@ -400,10 +405,14 @@ class Trainer:
             self._run_eval()
         final_dir = None
         if r.train.save_final:
-            from lrt.export import export_trained
+            from lrt.export import export_final
 
-            final_dir = export_trained(self, self.out / "final")
+            final_dir = export_final(self, self.out / "final")  # the best checkpoint under eval.select_best
         self.metrics.close()
+        if self.env.is_main:
+            from lrt.plot import write_run_plots
+
+            write_run_plots(self.out)
         return TrainResult(self.out, self.step, history, self.eval_history, final_dir)
 
     def _run_eval(self) -> None:
@@ -418,6 +427,45 @@ class Trainer:
                 self.best["checkpoint"] = ckpt.step_dir(self.ckpt_root, self.step).name
                 if self._saved_step != self.step:
                     self.save_checkpoint()
+        self._report_eval(res, "eval/nDCG@10")
+
+    # ---- console, plots ---------------------------------------------------------------------
+    def print_summary(self) -> dict[str, Any]:
+        """The start-of-run summary (rank 0): model, parameters, lists, batch, steps, backend."""
+        from lrt.train.console import count_params, emit, format_summary, list_stats
+
+        r = self.r
+        trainable, total = count_params(self.module.model)
+        spe = self.sampler.steps_per_epoch
+        s = {
+            "model": r.model.name_or_path, "lora_r": r.model.lora.r if r.model.lora else None,
+            "trainable_params": trainable, "total_params": total,
+            "objective": " + ".join(f"{t.weight:g} x {t.name}" for t in r.loss),
+            "lists": list_stats(self.rows, r.data.max_length), "eval_queries": len(self.eval_examples),
+            "eval_every": r.eval.every, "global_batch": self.sampler.global_batch,
+            "per_device": r.train.per_device_batch_size, "grad_accum": r.train.grad_accum,
+            "world_size": self.env.world, "steps": self.total_steps, "steps_per_epoch": spe,
+            "epochs": self.total_steps / max(spe, 1), "start_step": self.step, "precision": r.train.precision,
+            "dtype": r.model.dtype, "backend": self._backend_name(), "zero_stage": zero_stage(self.ds_cfg),
+            "device": str(self.env.device), "trackers": self.metrics.active, "output_dir": str(self.out),
+        }
+        emit(format_summary(s))
+        import json as _json
+
+        (self.out / "run_summary.json").write_text(_json.dumps(s, indent=1), encoding="utf-8")
+        return s
+
+    def _report_eval(self, res: dict[str, Any], key: str) -> None:
+        """Print the evaluation with the initial order and the best so far; refresh the plots."""
+        if not self.env.is_main:
+            return
+        from lrt.plot import write_run_plots
+        from lrt.train.console import emit, format_eval
+
+        best = max((h for h in self.eval_history if isinstance(h.get(key), (int, float))), key=lambda h: h[key],
+                   default=None)
+        emit(format_eval(res, best))
+        write_run_plots(self.out, kinds=("overview",))
 
 
 def eval_qrels(examples: list[ListwiseExample]) -> dict[str, dict[str, float]]:

@@ -20,3 +20,23 @@ def test_num_proc_2_equals_1(tiny_model_dir, tiny_data, tmp_path):
     a = encode_all(r1, tok, tpl, exs, ids, True)
     b = encode_all(r2, tok, tpl, exs, ids, True)
     assert a == b and len(a) == 12
+
+
+def test_cache_num_proc_2_equals_uncached(tiny_model_dir, tiny_data, tmp_path):
+    """The tokenised cache built by 2 worker processes holds exactly the rows of the in-memory path."""
+    import torch
+
+    from lrt.train.data import prepare_data
+    from lrt.train.dist import DistEnv
+    from lrt.train.objective import Objective
+
+    raw = {"model": {"name_or_path": tiny_model_dir}, "data": {"train": str(tiny_data / "train.jsonl"), "max_length": 512},
+           "prompt": {"preset": "compact"}, "output_dir": str(tmp_path)}
+    env = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    cached = recipe_from_dict(raw, ["data.num_proc=2"])
+    plain = recipe_from_dict(raw, ["data.cache=false"])
+    a = prepare_data(cached, env, Objective.from_recipe(cached)).rows
+    b = prepare_data(plain, env, Objective.from_recipe(plain)).rows
+    assert len(a) == len(b) == 24
+    assert [{k: v for k, v in a[i].items() if k != "length"} for i in range(24)] == b
+    assert list(a.lengths) == [len(r["input_ids"]) for r in b]

@@ -15,8 +15,9 @@ A store is complete only once its `manifest.json` exists (written last, atomical
 build is never read. A fingerprint mismatch is simply another directory: a stale cache cannot be
 picked up. The encoded store may be built in K contiguous shards by separate processes
 (`lrt prep tokenize --num-shards K --shard-id I`); the manifest lists its Arrow pieces in order.
-Reading a store maps its files (`datasets.Dataset.from_file`): ranks share the page cache instead of
-each holding Python lists, and DataLoader workers re-map by path instead of copying.
+Stores are Arrow IPC files written and memory-mapped with pyarrow alone (no `datasets` import in the
+ranks: it would cost ~60 MB of RSS per rank before the first row): ranks share the page cache instead
+of each holding Python lists, and DataLoader workers inherit or re-map the files instead of copying.
 """
 from __future__ import annotations
 
@@ -107,39 +108,68 @@ def code_fingerprint() -> str:
 
 
 # ---- Arrow schemas ----------------------------------------------------------------------------
-def example_features() -> Any:
-    import datasets
+def example_schema() -> Any:
+    import pyarrow as pa
 
-    s = datasets.Value("string")
-    return datasets.Features({
-        "qid": s, "query": s,
-        "candidates": datasets.List({"docid": s, "text": s, "title": s}),
-        "ranking": datasets.List(s),
-        "relevance": datasets.List(datasets.Value("float64")),
-        # full qrels of the query (evaluation), as pairs: one struct per docid would not share a schema
-        "qrels": datasets.List({"docid": s, "relevance": datasets.Value("int64")}),
-        "n_candidates": datasets.Value("int32"),
-        "extra": s,
-    })
+    s = pa.string()
+    return pa.schema([
+        ("qid", s), ("query", s),
+        ("candidates", pa.list_(pa.struct([("docid", s), ("text", s), ("title", s)]))),
+        ("ranking", pa.list_(s)),
+        ("relevance", pa.list_(pa.float64())),
+        ("n_candidates", pa.int32()),
+        ("extra", s),  # JSON of any other field of the row (e.g. the query's full `qrels`)
+    ])
 
 
-def encoded_features(fields: Sequence[tuple[str, Any]]) -> Any:
+def encoded_schema(fields: Sequence[tuple[str, Any]]) -> Any:
     """Arrow types from the `Encoded` dataclass fields: ints as int32 (half of int64 on disk and in the
     page cache; every token id and position fits), floats as float64 (read back exactly)."""
-    import datasets
+    import pyarrow as pa
 
-    kinds = {"int": datasets.Value("int32"), "bool": datasets.Value("bool"), "list[int]": datasets.List(datasets.Value("int32")),
-             "float": datasets.Value("float64"), "list[float]": datasets.List(datasets.Value("float64")),
-             "list[float] | None": datasets.List(datasets.Value("float64")),
-             "list[int] | None": datasets.List(datasets.Value("int32"))}
-    feats = {}
+    kinds = {"int": pa.int32(), "bool": pa.bool_(), "list[int]": pa.list_(pa.int32()),
+             "float": pa.float64(), "list[float]": pa.list_(pa.float64()),
+             "list[float] | None": pa.list_(pa.float64()), "list[int] | None": pa.list_(pa.int32())}
+    cols = []
     for name, ann in fields:
         ann = ann if isinstance(ann, str) else str(ann)
         if ann not in kinds:
-            raise TypeError(f"Encoded.{name}: annotation {ann!r} has no Arrow type in lrt.data.cache.encoded_features")
-        feats[name] = kinds[ann]
-    feats["length"] = datasets.Value("int32")
-    return datasets.Features(feats)
+            raise TypeError(f"Encoded.{name}: annotation {ann!r} has no Arrow type in lrt.data.cache.encoded_schema")
+        cols.append((name, kinds[ann]))
+    cols.append(("length", pa.int32()))
+    return pa.schema(cols)
+
+
+class _Writer:
+    """Rows -> one Arrow IPC stream file, in record batches (a few hundred rows in memory at most)."""
+
+    def __init__(self, path: str, schema: Any, batch: int = 256) -> None:
+        import pyarrow as pa
+
+        self.schema, self.batch, self.buf = schema, batch, []  # type: ignore[var-annotated]
+        self.sink = pa.OSFile(path, "wb")
+        self.w = pa.ipc.new_stream(self.sink, schema)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.buf.append(row)
+        if len(self.buf) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.buf:
+            self.w.write_batch(pa.RecordBatch.from_pylist(self.buf, schema=self.schema))
+            self.buf = []
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.flush()
+        self.w.close()
+        self.sink.close()
 
 
 def encoded_fields() -> list[tuple[str, Any]]:
@@ -149,11 +179,31 @@ def encoded_fields() -> list[tuple[str, Any]]:
 
 
 # ---- lazy views ---------------------------------------------------------------------------------
-def _open(paths: Sequence[Path]) -> Any:
-    import datasets
+class ArrowRows:
+    """Memory-mapped Arrow files as one table; `t[i]` is row i as a dict of Python values. Pickles as
+    its paths (a spawned DataLoader worker re-maps the files instead of receiving a copy)."""
 
-    parts = [datasets.Dataset.from_file(str(p), in_memory=False) for p in paths]
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    def __init__(self, paths: Sequence[Path]) -> None:
+        import pyarrow as pa
+
+        self.paths = [str(p) for p in paths]
+        tables = [pa.ipc.open_stream(pa.memory_map(p, "r")).read_all() for p in self.paths]  # zero-copy views
+        self.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.table.slice(int(i), 1).to_pylist()[0]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.table.column(name).to_numpy()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"paths": self.paths}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["paths"])  # type: ignore[misc]
 
 
 class LazyExamples(Sequence[ListwiseExample]):
@@ -178,8 +228,7 @@ class LazyExamples(Sequence[ListwiseExample]):
 
     @property
     def n_candidates(self) -> np.ndarray:
-        col = self.ds.data.column("n_candidates").to_numpy()
-        return col[self.index]
+        return self.ds.column("n_candidates")[self.index]
 
 
 _COLUMNS = ("qid", "query", "candidates", "ranking", "relevance")
@@ -214,7 +263,7 @@ class EncodedRows(Sequence[dict]):
     def __init__(self, ds: Any, path: Path | None = None) -> None:
         self.ds = ds
         self.path = path
-        self.lengths = np.asarray(ds.data.column("length").to_numpy(), dtype=np.int64)
+        self.lengths = np.asarray(ds.column("length"), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -228,6 +277,10 @@ class EncodedRows(Sequence[dict]):
 
     def take(self, idx: Sequence[int]) -> list[dict[str, Any]]:
         return [self.ds[int(i)] for i in idx]
+
+    def column(self, name: str) -> np.ndarray:
+        """One scalar column of every row (e.g. `length`, `truncated`) without reading the rows."""
+        return self.ds.column(name)
 
 
 # ---- stores -------------------------------------------------------------------------------------
@@ -263,20 +316,17 @@ def examples_key(source: str, split: str, on_invalid: str, max_candidates: int |
 def build_examples(dest: Path, source: str, split: str, on_invalid: str, max_candidates: int | None,
                    limit: int | None, key: str) -> None:
     """Stream the source through the row validator into one Arrow file (never all rows in memory)."""
-    from datasets.arrow_writer import ArrowWriter
-
     tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     report = SkipReport()
     n = 0
-    with ArrowWriter(features=example_features(), path=str(tmp / "examples.arrow"), writer_batch_size=256) as w:
+    with _Writer(str(tmp / "examples.arrow"), example_schema()) as w:
         for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split):  # type: ignore[arg-type]
             w.write(_store_row(ex))
             n += 1
             if limit is not None and n >= limit:
                 break
-        w.finalize()
     if not n:
         shutil.rmtree(tmp, ignore_errors=True)
         _no_rows(source, report)
@@ -299,7 +349,7 @@ def open_examples(cache_dir: Path, source: str, split: str, on_invalid: str, max
         meta = _manifest(d)
         assert meta is not None
         log.info("data cache: validated %d lists of %s in %.1fs -> %s", meta["rows"], source, time.perf_counter() - t0, d)
-    return LazyExamples(_open([d / p for p in meta["pieces"]]), key=key), {**meta, "dir": str(d)}
+    return LazyExamples(ArrowRows([d / p for p in meta["pieces"]]), key=key), {**meta, "dir": str(d)}
 
 
 def encoded_key(examples_fp: str, tokenizer: Any, params: dict[str, Any]) -> str:
@@ -312,7 +362,6 @@ _WORKER: dict[str, Any] = {}  # set before forking encode workers (the tokenizer
 
 def _encode_piece(job: tuple[int, int, str]) -> int:
     """Encode examples [start, stop) of the mapped examples store into one Arrow file."""
-    from datasets.arrow_writer import ArrowWriter
 
     start, stop, path = job
     encode: Callable[[ListwiseExample], dict[str, Any]] = _WORKER["encode"]
@@ -322,13 +371,12 @@ def _encode_piece(job: tuple[int, int, str]) -> int:
     k = _WORKER.get("n_jobs", 1)  # the first piece's worker reports for all (pieces are equal-sized)
     bar = Progress(stop - start, "encode" if k == 1 else f"encode (worker 1 of {k})", unit="list", leave=False,
                    enabled=path == _WORKER.get("first_job") and os.environ.get("RANK", "0") == "0")
-    with ArrowWriter(features=_WORKER["features"], path=path, writer_batch_size=256) as w:
+    with _Writer(path, _WORKER["schema"]) as w:
         for i in range(start, stop):
             row = encode(_example(src[i]))
             row["length"] = len(row["input_ids"])
             w.write(row)
             bar.update(1)
-        w.finalize()
     bar.close()
     return stop - start
 
@@ -354,7 +402,7 @@ def build_encoded_shard(d: Path, examples: LazyExamples, encode: Callable[[Listw
     tmp.mkdir(parents=True)
     pieces = _split(start, stop, max(1, min(num_proc, stop - start)))
     jobs = [(a, b, str(tmp / f"part-{j:03d}.arrow")) for j, (a, b) in enumerate(pieces)]
-    _WORKER.update(encode=encode, examples=examples.ds, features=encoded_features(encoded_fields()),
+    _WORKER.update(encode=encode, examples=examples.ds, schema=encoded_schema(encoded_fields()),
                    first_job=jobs[0][2], n_jobs=len(jobs))
     try:
         if len(jobs) == 1:
@@ -401,4 +449,4 @@ def open_encoded(d: Path) -> EncodedRows:
     meta = _manifest(d)
     if meta is None:
         raise FileNotFoundError(d)
-    return EncodedRows(_open([d / p for p in meta["pieces"]]), d)
+    return EncodedRows(ArrowRows([d / p for p in meta["pieces"]]), d)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,6 +24,8 @@ class DistEnv:
 
     @classmethod
     def setup(cls, use_deepspeed: bool) -> "DistEnv":
+        if os.environ.get("LRT_LAUNCHER_PID") and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # lrt.launch started torchrun with it ignored
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -54,6 +58,18 @@ class DistEnv:
     def barrier(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's `obj` on every rank (what rank 0 decided, e.g. the verified checkpoint)."""
+        if self.world == 1 or not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank (signals, failures seen by one rank)."""
+        return self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
 
     def gather_objects(self, obj: object) -> list[object]:
         if self.world == 1 or not dist.is_initialized():

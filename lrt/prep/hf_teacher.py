@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lrt.data.prompts import (PromptTemplate, encode_prompt, encode_prompts_padded, identifier_labels, render_prompt,
-                              render_target)
+from lrt.data.prompts import (PromptTemplate, encode_prompt, encode_prompts_padded, identifier_labels, needs_bos,
+                              render_prompt, render_target)
 from lrt.errors import LrtError
 from lrt.prep.teachers import OnResponse, WindowRequest, WindowResponse, response_from_raw, stable_hash
 
@@ -73,7 +73,9 @@ class HFTeacher:
         return self._budget[n]
 
     def cache_key(self, req: WindowRequest) -> str:
-        return stable_hash([self.kind, self.name, self.prompt(req), self.new_tokens(len(req.docids))])
+        prompt = self.prompt(req)  # BOS is added as a token, not text: it is part of the key too
+        return stable_hash([self.kind, self.name, prompt, self.new_tokens(len(req.docids)),
+                            needs_bos(self.tok, self.template, prompt)])
 
     def stats(self) -> dict[str, int]:
         return {"teacher_calls": self._calls}

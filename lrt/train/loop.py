@@ -106,6 +106,7 @@ class Trainer:
         self.out = Path(recipe.output_dir)
         self.ds_cfg = deepspeed_config(recipe) if recipe.train.deepspeed else None
         self.env = DistEnv.setup(use_deepspeed=self.ds_cfg is not None)
+        self._check_run_dir()  # fail fast, before loading data and model
         seed_everything(recipe.train.seed)
         self.objective = Objective.from_recipe(recipe)
         # training rows are read lazily from the tokenised cache (built by rank 0 while the others wait)
@@ -230,7 +231,8 @@ class Trainer:
         if self.engine is None:
             if self.r.train.max_grad_norm:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.r.train.max_grad_norm))
-            self.optimizer.step()
+            if self._update_is_finite(grad_norm):  # a NaN/Inf update is never applied (train.on_nonfinite)
+                self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -285,56 +287,185 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Every rank calls this. Files go to a tmp dir; rank 0 renames it and moves `latest` last."""
+        """Every rank calls this. Files go to a tmp dir; rank 0 adds the state and the manifest,
+        renames it and moves `latest` last. A failed write (disk full) is one clear error; the
+        previous checkpoint is untouched."""
         root = self.ckpt_root
         tmp = ckpt.tmp_dir(root, self.step)
+        err: OSError | None = None
         if self.env.is_main:
-            root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                import shutil
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():
+                    import shutil
 
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        self.env.barrier()
-        torch.save(ckpt.rng_state(), tmp / f"rng-rank{self.env.rank}.pt")
-        if self.engine is not None:
-            # fp32 master weights, optimizer partitions and the client LR scheduler; LoRA runs skip
-            # the frozen base (a 7B base per checkpoint would be 14 GB of nothing new)
-            self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False, exclude_frozen_parameters=self.is_lora)
-        elif self.env.is_main:
-            from safetensors.torch import save_file
+                    shutil.rmtree(tmp)
+                tmp.mkdir(parents=True)
+            except OSError as e:
+                err = e
+        self._check_save(err, tmp)
+        try:
+            torch.save(ckpt.rng_state(), tmp / f"rng-rank{self.env.rank}.pt")
+            if self.engine is not None:
+                # fp32 master weights, optimizer partitions and the client LR scheduler; LoRA runs skip
+                # the frozen base (a 7B base per checkpoint would be 14 GB of nothing new)
+                self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False, exclude_frozen_parameters=self.is_lora)
+            elif self.env.is_main:
+                from safetensors.torch import save_file
 
-            save_file(ckpt.trainable_state(self.module.model), str(tmp / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        if self.is_lora:
-            state = gather_on_rank0(self.hf_model, self.env.is_main)  # collective under ZeRO-3
-            if self.env.is_main:
-                save_adapter(self.hf_model, state, tmp / "adapter")
-        self.env.barrier()
+                save_file(ckpt.trainable_state(self.module.model), str(tmp / "trainable.safetensors"))
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.is_lora:
+                state = gather_on_rank0(self.hf_model, self.env.is_main)  # collective under ZeRO-3
+                if self.env.is_main:
+                    save_adapter(self.hf_model, state, tmp / "adapter")
+        except OSError as e:
+            err = e
+        self._check_save(err, tmp)  # also the barrier: every rank's files are written
         path = ckpt.step_dir(root, self.step)
         if self.env.is_main:
-            dump_recipe(self.r, tmp / "recipe.yaml")
-            state = {"step": self.step, "world_size": self.env.world, "total_steps": self.total_steps,
-                     "best": self.best, "eval_history": self.eval_history, "backend": self._backend_name(),
-                     "zero_stage": zero_stage(self.ds_cfg), "lora": self.is_lora,
-                     "loaded_partitioned": self.loaded_partitioned}
-            protect = (self.best["checkpoint"],) if self.best and self.best.get("checkpoint") else ()
-            path = ckpt.finalize(root, self.step, state, self.r.train.keep_last, protect)
-        self.env.barrier()
+            try:
+                dump_recipe(self.r, tmp / "recipe.yaml")
+                state = {"step": self.step, "world_size": self.env.world, "total_steps": self.total_steps,
+                         "best": self.best, "eval_history": self.eval_history, "backend": self._backend_name(),
+                         "zero_stage": zero_stage(self.ds_cfg), "lora": self.is_lora,
+                         "loaded_partitioned": self.loaded_partitioned}
+                protect = (self.best["checkpoint"],) if self.best and self.best.get("checkpoint") else ()
+                path = ckpt.finalize(root, self.step, state, self.r.train.keep_last, protect)
+            except OSError as e:
+                err = e
+        self._check_save(err, tmp)
         self._saved_step = self.step
         return path
+
+    def _check_save(self, err: OSError | None, tmp: Path) -> None:
+        """Collective: if any rank failed to write, every rank raises one clear error (no traceback)."""
+        errors = [e for e in self.env.gather_objects(None if err is None else (err.errno, str(err))) if e]
+        if not errors:
+            return
+        if self.env.is_main:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)  # free the space the partial save took
+        import errno as _errno
+
+        code, msg = errors[0]  # type: ignore[misc]
+        prev = ckpt.complete_checkpoints(self.ckpt_root)
+        what = "the disk is full" if code == _errno.ENOSPC else "a write failed"
+        raise ckpt.CheckpointError(
+            f"saving the checkpoint of step {self.step} failed: {what} ({msg}). "
+            + (f"The previous checkpoint {prev[-1]} is intact: free space (or lower train.keep_last) and "
+               "resume with train.resume=auto" if prev else "No earlier checkpoint exists: free space and rerun")
+        )
 
     def _backend_name(self) -> str:
         return "deepspeed" if self.engine is not None else ("ddp" if self.ddp is not None else "single")
 
+    def _check_run_dir(self) -> None:
+        """Before any work: a fresh run refuses an output_dir holding an earlier run (whose
+        checkpoints it would mix with its own, and which `resume=auto` would later continue)."""
+        t = self.r.train
+        used = ckpt.previous_run(self.out)
+        if t.resume == "none" and used and not t.overwrite_output_dir:
+            raise LrtError(
+                f"output_dir {self.out} already holds a run ({', '.join(used)}): continue it with train.resume=auto, "
+                "replace it with train.overwrite_output_dir=true, or choose another output_dir"
+            )
+        if t.on_nonfinite == "skip" and self.ds_cfg is not None:
+            raise LrtError("train.on_nonfinite=skip is not supported with train.deepspeed (DeepSpeed applies the "
+                           "update inside engine.step()): use train.on_nonfinite=stop")
+
     def _maybe_resume(self) -> None:
-        if self.env.is_main and self.r.train.resume != "none":
-            ckpt.remove_stale_tmp(self.ckpt_root)
+        t = self.r.train
+        if self.env.is_main:
+            used = ckpt.previous_run(self.out)
+            if t.resume == "none" and used:  # allowed by train.overwrite_output_dir (see _check_run_dir)
+                log.warning("train.overwrite_output_dir: removing the earlier run's %s from %s", ", ".join(used), self.out)
+                ckpt.clear_previous_run(self.out)
+            if t.resume != "none":
+                ckpt.remove_stale_tmp(self.ckpt_root)
+            (self.out / ckpt.PREEMPTED).unlink(missing_ok=True)
         self.env.barrier()
-        path = ckpt.find_resume(self.ckpt_root, self.r.train.resume)
-        if path is None:
+        candidates = ckpt.resume_candidates(self.ckpt_root, t.resume)
+        problems: list[str] = []
+        path = None
+        for cand in candidates:
+            why = self.env.broadcast_object(self._verify_checkpoint(cand) if self.env.is_main else None)
+            if why is None:
+                why = self._load_checkpoint(cand)
+            if why is None:
+                path = cand
+                break
+            problems.append(f"{cand}: {why}")
+            if self.env.is_main:
+                log.warning("checkpoint %s is unusable: %s; trying the one before it", cand, why)
+        if candidates and path is None:
+            raise ckpt.CheckpointError(
+                f"no usable checkpoint to resume from ({len(candidates)} tried): " + " | ".join(problems)
+                + ". Remove the broken ones, or start over with train.resume=none train.overwrite_output_dir=true"
+            )
+        if path is not None and problems and self.env.is_main:
+            log.warning("resuming from %s, an older checkpoint (newer ones are unusable, see above)", path)
+        if self.env.is_main and t.resume != "none":
+            dropped = ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d records after step %d (they are trained again)", dropped, self.step)
+        if path is not None and self.env.is_main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    def _verify_checkpoint(self, path: Path) -> str | None:
+        """Rank 0: the manifest, then the recipe (an incompatible recipe is an error, not a fallback)."""
+        why = ckpt.verify(path)
+        if why is None and (path / "ds").is_dir():
+            try:
+                ckpt.vet_pickles(path / "ds")
+            except ckpt.CheckpointError as e:
+                why = str(e)
+        if why is not None:
+            return why
+        self._check_recipe(path)
+        return None
+
+    def _check_recipe(self, path: Path) -> None:
+        import yaml
+
+        from lrt.config import Recipe
+
+        try:
+            saved = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            log.warning("%s: cannot read recipe.yaml (%s): the recipe is not compared", path, e)
             return
+        try:  # fill defaults the way this lrt version does, so new keys are not reported as changes
+            saved = Recipe.model_validate(saved).model_dump(mode="json")
+        except Exception:  # noqa: BLE001 - an older schema: compare the raw file
+            pass
+        world = (int(ckpt.read_state(path).get("world_size") or 1), self.env.world)
+        changes = ckpt.recipe_changes(saved, self.r.model_dump(mode="json"), world)
+        if changes:
+            raise LrtError(
+                f"train.resume: {path} was trained with a different recipe; resuming would silently continue it "
+                f"under new settings. Changed: {'; '.join(changes)}. Revert them, or start a new run in another "
+                "output_dir (or train.resume=none train.overwrite_output_dir=true). Only max_steps/epochs, "
+                "save/log/eval/log settings and output_dir may change on resume"
+            )
+
+    def _load_checkpoint(self, path: Path) -> str | None:
+        """Every rank: load `path`; None on success, else what went wrong (the same on every rank)."""
+        why: str | None = None
+        try:
+            self._load_checkpoint_files(path)
+        except LrtError as e:
+            if not isinstance(e, ckpt.CheckpointError):
+                raise
+            why = str(e)
+        except Exception as e:  # noqa: BLE001 - a corrupt file fails in many ways; report, then fall back
+            why = ckpt._first_line(e)
+        whys = [w for w in self.env.gather_objects(why) if w]
+        return str(whys[0]) if whys else None
+
+    def _load_checkpoint_files(self, path: Path) -> None:
         state = ckpt.read_state(path)
         saved_world = state.get("world_size")
         if (state.get("backend") == "deepspeed") != (self.engine is not None):
@@ -343,14 +474,25 @@ class Trainer:
                 "resume with the same train.deepspeed setting (or export it with `lrt export` and start a new run)"
             )
         if self.engine is not None:
+            src = path
             if saved_world != self.env.world:
-                raise LrtError(
-                    f"{path}: a DeepSpeed checkpoint of {saved_world} processes cannot resume on {self.env.world} "
-                    "(ZeRO partitions are per rank); relaunch with the same number of processes"
-                )
-            load_path, _ = self.engine.load_checkpoint(str(path), tag="ds", load_module_strict=not self.is_lora)
+                # ZeRO partitions are per rank: DeepSpeed's universal checkpoint re-partitions them
+                if self.env.is_main:
+                    log.warning("%s was written by %s processes, this run has %s: loading it through a DeepSpeed "
+                                "universal checkpoint", path, saved_world, self.env.world)
+                    src = ckpt.universal_checkpoint(path)
+                src = Path(str(self.env.broadcast_object(str(src))))
+                self.engine._config.load_universal_checkpoint = True  # read by engine.load_checkpoint
+            try:
+                load_path, _ = self.engine.load_checkpoint(str(src), tag="ds", load_module_strict=not self.is_lora)
+            finally:
+                self.engine._config.load_universal_checkpoint = False  # later saves stay ordinary ZeRO checkpoints
             if load_path is None:
-                raise LrtError(f"{path}: DeepSpeed could not load the checkpoint (tag 'ds')")
+                raise ckpt.CheckpointError("DeepSpeed could not load the checkpoint (tag 'ds')")
+            bad = ckpt.nonfinite((n, getattr(p, "ds_tensor", p)) for n, p in self.module.named_parameters()
+                                 if p.requires_grad)
+            if bad:
+                raise ckpt.CheckpointError(f"the loaded weights hold NaN/Inf values in {bad[:3]}")
         else:
             if saved_world != self.env.world:
                 log.warning("resuming a %s-process checkpoint on %s processes: the global batch changes", saved_world,
@@ -358,17 +500,23 @@ class Trainer:
             from safetensors.torch import load_file
 
             ckpt.load_trainable_state(self.module.model, load_file(str(path / "trainable.safetensors")))
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-            self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+            opt = ckpt.safe_load(path / "optimizer.pt")
+            bad = ckpt.nonfinite(opt.get("state", {}).items()) if isinstance(opt, dict) else []
+            if bad:
+                raise ckpt.CheckpointError(f"optimizer.pt holds NaN/Inf values in {bad[:3]}")
+            self.optimizer.load_state_dict(opt)
+            self.scheduler.load_state_dict(ckpt.safe_load(path / "scheduler.pt"))
+        # the LR of the next step from the schedule of *this* run (train.max_steps may have grown; the
+        # optimizer's saved LR belongs to the old schedule); the same float when nothing changed
+        for g, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            g["lr"] = base * f(self.scheduler.last_epoch)
         rng = path / f"rng-rank{self.env.rank}.pt"
         if rng.exists():
-            ckpt.set_rng_state(torch.load(rng, weights_only=False))
+            ckpt.set_rng_state(ckpt.safe_load(rng))
         self.step = int(state["step"])
         self._saved_step = self.step
         self.best = state.get("best")
         self.eval_history = state.get("eval_history", [])
-        if self.env.is_main:
-            log.info("resumed from %s at step %d", path, self.step)
 
     # ---- main loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -383,6 +531,7 @@ class Trainer:
             self._run_eval()
             bar.restart_clock()  # rate and ETA of training steps, not of the initial evaluation
         t0 = time.perf_counter()
+        self._preempt = ckpt.ACTIVE_PREEMPTION = ckpt.Preemption().install()  # SIGTERM/SIGUSR1: checkpoint, exit 75
         while self.step < self.total_steps:
             rec = self.train_step()
             rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
@@ -392,12 +541,16 @@ class Trainer:
                 mean = self.metrics.flush_steps()  # the mean over the interval, not one sampled step
                 if mean is not None:
                     bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+            self._check_finite(rec)  # train.on_nonfinite: stop before anything is saved, or go on (skipped)
             ckpt.fault("after_step", self.step)
             bar.update(1)
             if r.eval.every and self.step % r.eval.every == 0 and self.step != self.total_steps:
                 self._run_eval()
             if r.train.save_every and self.step % r.train.save_every == 0 and self._saved_step != self.step:
                 self.save_checkpoint()
+            if self.env.any(self._preempt.signal is not None):  # every rank stops after the same step
+                self._stop_preempted()
+        self._release_signals()
         bar.close()
         if (r.train.save_every or self.is_lora) and self._saved_step != self.step:
             self.save_checkpoint()  # the final state, resumable and exportable (`lrt export RUN_DIR`)
@@ -414,6 +567,55 @@ class Trainer:
 
             write_run_plots(self.out)
         return TrainResult(self.out, self.step, history, self.eval_history, final_dir)
+
+    def _update_is_finite(self, grad_norm: float | None) -> bool:
+        """False when this step's gradients hold NaN/Inf (then the optimizer step is skipped)."""
+        if grad_norm is not None:
+            return math.isfinite(grad_norm)
+        return all(bool(torch.isfinite(p.grad).all()) for p in self.module.parameters() if p.grad is not None)
+
+    def _check_finite(self, rec: dict[str, Any]) -> None:
+        bad = {k: v for k, v in rec.items() if (k in ("loss", "grad_norm") or k.startswith("loss/"))
+               and isinstance(v, float) and not math.isfinite(v)}
+        if not bad:
+            return
+        what = ", ".join(f"{k}={v}" for k, v in bad.items())
+        if self.r.train.on_nonfinite == "skip":
+            if self.env.is_main:
+                log.warning("step %d: non-finite %s: update skipped (train.on_nonfinite=skip)", self.step, what)
+            return
+        self.metrics.flush_steps()  # the diverged step is in metrics.jsonl (as null)
+        self._release_signals()
+        prev = ckpt.complete_checkpoints(self.ckpt_root)
+        raise LrtError(
+            f"step {self.step}: non-finite {what}; training stopped (train.on_nonfinite=stop) and this state is not "
+            "saved; " + (f"the last good checkpoint is {prev[-1]}. " if prev else "no checkpoint was written. ")
+            + "Lower train.lr or the loss weights, check the data and the model, then "
+            + ("resume with train.resume=auto" if prev else "run again")
+            + " (or set train.on_nonfinite=skip to skip such updates)"
+        )
+
+    def _stop_preempted(self) -> None:
+        """SIGTERM/SIGUSR1 arrived: the step is finished; checkpoint it, leave a marker, exit 75."""
+        from lrt.errors import Preempted
+
+        sig = self._preempt.signal or "a signal on another rank"
+        self._release_signals()
+        self.metrics.flush_steps()
+        path = self.save_checkpoint() if self._saved_step != self.step else ckpt.step_dir(self.ckpt_root, self.step)
+        if self.env.is_main:
+            import json as _json
+
+            (self.out / ckpt.PREEMPTED).write_text(_json.dumps({"step": self.step, "signal": sig,
+                                                               "checkpoint": str(path)}), encoding="utf-8")
+        self.env.barrier()  # the marker exists before any rank exits (launchers read it)
+        raise Preempted(f"stopped by {sig} after step {self.step}: checkpoint {path} written; "
+                        "resume with train.resume=auto (exit code 75 means: requeue me)")
+
+    def _release_signals(self) -> None:
+        if getattr(self, "_preempt", None) is not None:
+            self._preempt.restore()
+        ckpt.ACTIVE_PREEMPTION = None
 
     def _run_eval(self) -> None:
         res = self.evaluate()
@@ -482,4 +684,8 @@ def eval_qrels(examples: list[ListwiseExample]) -> dict[str, dict[str, float]]:
 
 def train(recipe: Recipe) -> TrainResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return Trainer(recipe).fit()
+    trainer = Trainer(recipe)
+    try:
+        return trainer.fit()
+    finally:
+        trainer._release_signals()  # the SIGTERM/SIGUSR1 handlers never outlive the run

@@ -82,7 +82,7 @@ def _train(argv: list[str]) -> int:
     if relaunch:
         from lrt.launch import relaunch_torchrun
 
-        return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes)
+        return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes, recipe.output_dir)
     from lrt.train.loop import train
 
     res = train(recipe)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except LrtError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2, or 75 for a preempted (checkpointed) training run
 
 
 if __name__ == "__main__":

@@ -17,3 +17,12 @@ class ConfigError(LrtError):
 
 class DataError(LrtError):
     """Bad input data; the message names `file:line` (or the row) and the fix."""
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGUSR1 after a checkpoint; requeue and resume
+
+
+class Preempted(LrtError):
+    """Training stopped on a preemption signal after writing a checkpoint; `lrt train` exits 75."""
+
+    exit_code = PREEMPTED_EXIT

@@ -40,16 +40,25 @@ def test_deepspeed_script_dry_run():
 
 
 def test_slurm_multinode_dry_run_rendezvous_on_head_node():
-    cmd = dry("slurm-multinode.sbatch", "recipes/first-mistral-7b.yaml", "train.grad_accum=1",
-              SLURM_NNODES="2", HEAD_NODE="gpu-node-01", SLURM_JOB_ID="4242")
+    env = dict(SLURM_NNODES="2", HEAD_NODE="gpu-node-01", SLURM_JOB_ID="4242")
+    cmd = dry("slurm-multinode.sbatch", "recipes/first-mistral-7b.yaml", "train.grad_accum=1", **env)
     assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
-    i = cmd.index("torch.distributed.run")
-    tr = cmd[i + 1:]
-    assert tr[:tr.index("-m")] == ["--nnodes", "2", "--nproc_per_node", "8", "--rdzv_backend", "c10d",
-                                   "--rdzv_endpoint", "gpu-node-01:29500", "--rdzv_id", "4242"]
-    assert tr[-3:] == ["train", "recipes/first-mistral-7b.yaml", "train.grad_accum=1"]
+    # one `lrt train --nproc-per-node` per node (it forwards preemption signals to its workers)
+    assert cmd[cmd.index("lrt.cli"):] == ["lrt.cli", "train", "recipes/first-mistral-7b.yaml", "--nproc-per-node", "8",
+                                         "--nnodes", "2", "train.resume=auto", "train.grad_accum=1"]
+    # ... which runs torchrun with the c10d rendezvous on the head node
+    lrt = cmd[cmd.index("lrt.cli") - 2:]
+    p = subprocess.run(lrt, cwd=REPO, env=subprocess_env(DRY_RUN="1", LRT_RDZV_ENDPOINT="gpu-node-01:29500",
+                                                         LRT_RDZV_ID="4242"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    tr = shlex.split(p.stdout.strip().splitlines()[-1])
+    tr = tr[tr.index("torch.distributed.run") + 1:]
+    assert tr[:tr.index("-m")] == ["--nnodes", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "gpu-node-01:29500",
+                                   "--rdzv_id", "4242", "--nproc_per_node", "8"]
     header = (REPO / "launch/slurm-multinode.sbatch").read_text()
     assert "#SBATCH --nodes=2" in header and "#SBATCH --ntasks-per-node=1" in header
+    assert "#SBATCH --requeue" in header and "#SBATCH --signal=USR1@300" in header
+    assert 'PREEMPTED_EXIT=75' in header and 'scontrol requeue "$SLURM_JOB_ID"' in header
 
 
 def test_lrt_train_relaunches_under_torchrun(monkeypatch, capsys, tiny_model_dir, tiny_data, tmp_path):

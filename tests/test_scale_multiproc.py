@@ -86,13 +86,14 @@ def assert_matches_reference(run_dir: Path, ref_dir: Path) -> None:
     assert w_diff <= WEIGHT_ATOL
 
 
-def assert_resumed_bitwise(run_dir: Path, killed_after: int, resumed_from: int) -> None:
-    """Steps run both before the kill and after the resume produced the same floats."""
+def assert_resumed_bitwise(run_dir: Path, first: list[dict], killed_after: int, resumed_from: int) -> None:
+    """Steps run both before the kill (`first`: the records then) and after the resume produced the
+    same floats; the resume cut metrics.jsonl back to its step, so every step appears once."""
     recs = metrics(run_dir)
-    first = recs[:killed_after]
-    again = recs[killed_after:killed_after + (killed_after - resumed_from)]
+    assert [r["step"] for r in first] == list(range(1, killed_after + 1))
+    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
     keys = ("loss", "loss/lm", "loss/ranknet", "lr", "grad_norm")
-    assert [r["step"] for r in again] == list(range(resumed_from + 1, killed_after + 1))
+    again = recs[resumed_from:killed_after]
     assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in first[resumed_from:]]
 
 
@@ -131,9 +132,10 @@ def test_zero2_full_killed_and_resumed_and_lora(recipe, reference, tmp_path):
     ds = "train.deepspeed=launch/ds_zero2.json"
     run_until_fault(TORCHRUN + [str(recipe), f"output_dir={full}", ds], "pause:after_step:3")
     assert (full / "checkpoints/latest").read_text() == "step-0000002"
+    first = metrics(full)
     run(["bash", "launch/deepspeed.sh", "2", str(recipe), f"output_dir={full}", ds, "train.resume=auto"],
         MASTER_PORT=str(_free_port()))
-    assert_resumed_bitwise(full, killed_after=3, resumed_from=2)
+    assert_resumed_bitwise(full, first, killed_after=3, resumed_from=2)
     assert_matches_reference(full, reference["full"])
     assert state(full, STEPS)["zero_stage"] == 2
     # `lrt export` consolidates the ZeRO-2 checkpoint (zero_to_fp32, RerankModule's `model.` prefix stripped)
@@ -154,8 +156,9 @@ def test_zero3_full_killed_in_save_and_resumed_and_lora_offload(recipe, referenc
     run_until_fault(TORCHRUN + [str(recipe), f"output_dir={full}", ds], f"pause:in_save:{STEPS}")
     assert (full / "checkpoints/latest").read_text() == "step-0000002"
     assert (full / f"checkpoints/.tmp-step-{STEPS:07d}/ds").is_dir()  # half-written save, ignored on resume
+    first = metrics(full)
     run(TORCHRUN + [str(recipe), f"output_dir={full}", ds, "train.resume=auto"])
-    assert_resumed_bitwise(full, killed_after=STEPS, resumed_from=2)
+    assert_resumed_bitwise(full, first, killed_after=STEPS, resumed_from=2)
     assert_matches_reference(full, reference["full"])
     st = state(full, STEPS)
     assert st["zero_stage"] == 3 and st["loaded_partitioned"]  # HfDeepSpeedConfig was active before from_pretrained
@@ -169,6 +172,22 @@ def test_zero3_full_killed_in_save_and_resumed_and_lora_offload(recipe, referenc
     export_run(lora, tmp_path / "exp")
     a, b = safetensors_weights(tmp_path / "exp/model.safetensors"), safetensors_weights(lora / "final/model.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_zero2_resume_from_two_processes_on_one(recipe, reference, tmp_path):
+    """A 2-process ZeRO-2 checkpoint resumes on 1 process through DeepSpeed's universal checkpoint
+    (`ds_to_universal`), with the global batch kept (1 x 2 x 2 -> 1 x 4 x 1): the resumed steps
+    match the 1-process reference run like an uninterrupted 2-process run does."""
+    out = tmp_path / "full"
+    ds = "train.deepspeed=launch/ds_zero2.json"
+    run_until_fault(TORCHRUN + [str(recipe), f"output_dir={out}", ds], "pause:after_step:3")
+    assert (out / "checkpoints/latest").read_text() == "step-0000002"
+    p = run([sys.executable, "-m", "lrt.cli", "train", str(recipe), f"output_dir={out}", ds, "train.grad_accum=4",
+             "train.resume=auto"])
+    assert "was written by 2 processes, this run has 1" in p.stderr
+    assert (out / "checkpoints/universal/step-0000002/ds/zero").is_dir()
+    assert_matches_reference(out, reference["full"])
+    assert state(out, STEPS)["world_size"] == 1 and state(out, STEPS)["zero_stage"] == 2
 
 
 def _free_port() -> int:

@@ -20,12 +20,14 @@ TASK = {"n_candidates": 5, "query_words": 1, "passage_len": (4, 6)}
 SPLITS = {"train": (20000, 11), "eval": (500, 12)}  # (queries, seed): disjoint random streams
 
 
-def make_data(out: Path) -> dict[str, Path]:
+def make_data(out: Path, max_queries: int | None = None) -> dict[str, Path]:
+    """The demo splits (cached by size); `max_queries` caps each split for a short smoke run."""
     from lrt.demo.world import make_split, write_jsonl
 
     paths = {}
     for name, (n, seed) in SPLITS.items():
-        p = out / f"{name}.jsonl"
+        n = min(n, max_queries) if max_queries else n
+        p = out / (f"{name}.jsonl" if n == SPLITS[name][0] else f"{name}-{n}.jsonl")
         if not p.exists():
             write_jsonl(make_split(n, TASK["n_candidates"], seed, query_words=TASK["query_words"],
                                    passage_len=TASK["passage_len"], qid_prefix=name), p)
@@ -37,15 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lrt quickstart", description=__doc__)
     p.add_argument("--out", default="outputs/quickstart", help="run directory (data, checkpoints, export)")
     p.add_argument("--recipe", default=str(RECIPE))
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap training at N steps (and the data at what they use): a short smoke run of the pipeline")
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.max_steps=100")
     a = p.parse_args(argv)
     if not Path(a.recipe).exists():
-        raise LrtError(f"{a.recipe}: quickstart recipe not found (run from the repository checkout)")
+        raise LrtError(f"{a.recipe}: quickstart recipe not found (shipped at lrt/resources/recipes/quickstart.yaml; "
+                       "reinstall lrt, or pass --recipe)")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise LrtError(f"--max-steps must be >= 1 (got {a.max_steps})")
     t0 = time.perf_counter()
     out = Path(a.out)
-    data = make_data(out / "data")
+    cap = [f"train.max_steps={a.max_steps}", f"eval.every={a.max_steps}", "train.warmup_steps=0"] if a.max_steps else []
+    data = make_data(out / "data", max(256, 32 * a.max_steps) if a.max_steps else None)
     recipe = load_recipe(a.recipe, [f"data.train={data['train']}", f"data.eval={data['eval']}",
-                                    f"output_dir={out / 'run'}", "train.resume=none", *a.overrides])
+                                    f"output_dir={out / 'run'}", "train.resume=none", *cap, *a.overrides])
     from lrt.train.loop import Trainer
 
     trainer = Trainer(recipe)

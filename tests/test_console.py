@@ -136,3 +136,23 @@ def test_progress_quiet_below_interval(monkeypatch, caplog):
         q.close()
     msgs = [r.getMessage() for r in caplog.records]
     assert len(msgs) == 1 and msgs[0].startswith("train 10/10 (100%)")  # one final line; the transient loop is silent
+
+
+def test_list_stats_count_lists_cut_to_fit(tokenizers):
+    """`truncated` in the summary = lists whose passages had to be cut below max_passage_tokens to fit."""
+    from lrt.data.collate import encode_example
+    from lrt.data.prompts import PromptTemplate
+    from lrt.testing.tiny import random_examples
+    from lrt.train.console import list_stats
+
+    tok = tokenizers["chatml"]
+    tpl = PromptTemplate.preset("compact", max_passage_tokens=24)
+    exs = random_examples(3, 5, seed=3)
+    full = [encode_example(tok, tpl, e, max_length=4096, id_token_ids=None).to_row() for e in exs]
+    assert not any(r["truncated"] for r in full)
+    longest = max(len(r["input_ids"]) for r in full)
+    cut = [encode_example(tok, tpl, e, max_length=longest - 5, id_token_ids=None).to_row() for e in exs]
+    n_cut = sum(len(f["input_ids"]) > longest - 5 for f in full)
+    assert n_cut >= 1 and [r["truncated"] for r in cut] == [len(f["input_ids"]) > longest - 5 for f in full]
+    s = list_stats(cut, longest - 5)
+    assert s["truncated"] == n_cut and s["tokens_max"] <= longest - 5 and s["lists"] == 3

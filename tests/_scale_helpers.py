@@ -75,6 +75,29 @@ def run_until_fault(cmd: list[str], fault: str, marker: Path | None = None, time
     return "".join(out)
 
 
+def signal_at_fault(cmd: list[str], fault: str, sig: int, timeout: float = 600, **env: str) -> tuple[int, str]:
+    """Start `cmd` with LRT_FAULT=fault ("pause:POINT:STEP"), send `sig` to the launched process
+    (only it, like Slurm signalling its task) once rank 0 reports the pause, and wait for the exit."""
+    p = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(LRT_FAULT=fault, **env), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out: list[str] = []
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            out.append(line)
+            if line.startswith("LRT_FAULT:"):
+                os.kill(p.pid, sig)
+                break
+        else:
+            raise AssertionError(f"exited ({p.wait()}) before the fault point:\n" + "".join(out[-80:]))
+        out.append(p.communicate(timeout=timeout)[0])
+    finally:
+        if p.poll() is None:
+            kill_tree(p.pid)
+            p.wait()
+    return p.returncode, "".join(out)
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (from /proc). torchrun starts its workers in new sessions, so
     killing the launcher's process group alone would leave the ranks running."""

@@ -180,6 +180,9 @@ def load_checkpoint_tensors(cp: Path, model: nn.Module) -> dict[str, torch.Tenso
         raise LrtError(f"{cp}: neither trainable.safetensors nor a DeepSpeed 'ds' tag: not an lrt checkpoint")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from lrt.train.checkpoint import vet_pickles
+
+    vet_pickles(cp / "ds")  # zero_to_fp32 unpickles with weights_only=False: refuse code first
     lora = hasattr(model, "peft_config")
     state = get_fp32_state_dict_from_zero_checkpoint(str(cp), tag="ds", exclude_frozen_parameters=lora)
     # the engine wrapped RerankModule, whose attribute `model` is the HF/PEFT model

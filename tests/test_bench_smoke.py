@@ -1,8 +1,8 @@
 """`lrt bench train-step` and `lrt bench data` run end to end at tiny sizes and report sane JSON.
 
-Tiny sizes (seq 256, vocab 2000, one timed step): this checks the machinery (fresh worker
-processes, RSS reading, JSON schema, the dispatcher), not the acceptance ratios, which only hold
-at seq 4096 / vocab 151,936 where the logits dominate.
+Tiny sizes (seq 1024, vocab 2000, one timed step): this checks the machinery (a real Trainer per
+fresh worker process, RSS and saved-activation reading, JSON schema, the dispatcher), not the
+acceptance ratios, which only hold at seq 4096 / vocab 151,936 where the logits dominate.
 """
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import pytest
 from lrt.bench import main as bench_main
 
 TRAIN_KEYS = {
-    "setting", "seq", "vocab", "target_tokens", "lrt_peak_mb", "lrt_import_mb", "lrt_step_mb", "lrt_step_s",
-    "lrt_tokens_per_s", "naive_peak_mb", "naive_import_mb", "naive_step_mb", "naive_step_s", "naive_tokens_per_s",
-    "mem_ratio", "mem_ratio_raw_rss", "speed_ratio", "collate_ms", "collate_frac_of_step", "meets_mem", "meets_speed",
+    "setting", "grad_ckpt", "seq", "vocab", "tokens_per_step", "target_tokens", "train_mode", "collate_ms",
+    "collate_frac_of_step",
+    *(f"{v}_{k}" for v in ("lrt", "naive", "floor")
+      for k in ("peak_mb", "import_mb", "step_mb", "step_s", "tokens_per_s", "activation_mb")),
+    "mem_ratio", "mem_ratio_raw_rss", "speed_ratio", "meets_mem", "meets_speed",
+    "mem_ratio_floor", "time_ratio_floor", "activation_ratio_floor",
 }
 DATA_KEYS = {"setting", "window", "tokens_per_example", "examples_per_s_1proc", "examples_per_s_2proc",
              "speedup_2proc", "collate_ms_batch1", "collate_ms_batch8"}
@@ -25,22 +28,38 @@ def _json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+SMALL = ["--seq", "1024", "--vocab", "2000", "--hidden", "64", "--layers", "2", "--intermediate", "128",
+         "--steps", "1", "--warmup", "1", "--chunk-size", "64", "--first-ids", "8", "--fullrank-ids", "10"]
+
+
 def test_bench_train_step_smoke(capsys):
-    rc = bench_main(["train-step", "--seq", "256", "--vocab", "2000", "--hidden", "64", "--layers", "2",
-                     "--intermediate", "128", "--steps", "1", "--warmup", "1", "--chunk-size", "64",
-                     "--settings", "first,fullrank", "--fullrank-ids", "20"])
+    """All three variants run the trainer's own model and batches, with checkpointing off and on."""
+    rc = bench_main(["train-step", *SMALL, "--settings", "first", "--grad-ckpt", "off,on"])
     assert rc == 0
     out = capsys.readouterr().out
     recs = _json_lines(out)
-    assert [r["setting"] for r in recs] == ["first", "fullrank"]
+    assert [(r["setting"], r["grad_ckpt"]) for r in recs] == [("first", False), ("first", True)]
     for r in recs:
         assert TRAIN_KEYS <= set(r), TRAIN_KEYS - set(r)
-        for v in ("lrt", "naive"):
+        assert r["train_mode"]  # the Trainer (not the benchmark) put every module in training mode
+        assert 900 < r["tokens_per_step"] <= 1024  # passages were cut to fill --seq
+        for v in ("lrt", "naive", "floor"):
             assert r[f"{v}_peak_mb"] > r[f"{v}_import_mb"] > 0
-            assert r[f"{v}_step_s"] > 0 and r[f"{v}_tokens_per_s"] > 0
+            assert r[f"{v}_step_s"] > 0 and r[f"{v}_tokens_per_s"] > 0 and r[f"{v}_activation_mb"] > 0
         assert r["mem_ratio"] > 0 and r["speed_ratio"] > 0 and r["collate_ms"] > 0
-        assert r["loss_rel_diff"] < 1e-4  # both variants computed the same loss on the same weights
-    assert "| first (lm+ranknet) |" in out  # the markdown table
+        assert r["mem_ratio_floor"] > 0 and r["time_ratio_floor"] > 0
+        assert r["loss_rel_diff"] < 1e-4  # lrt and naive computed the same loss on the same weights and batch
+        assert r["lrt_activation_mb"] >= r["floor_activation_mb"]  # the floor is a lower bound
+    off, on = recs
+    for v in ("lrt", "naive", "floor"):  # checkpointing engaged in the real step: far fewer saved activations
+        assert on[f"{v}_activation_mb"] < 0.5 * off[f"{v}_activation_mb"], v
+    assert "| first (lm+ranknet) | on | lrt |" in out and "**lrt / floor**" in out  # the markdown table
+
+
+@pytest.mark.parametrize("argv", [["--grad-ckpt", "maybe"], ["--variants", "naive"], ["--settings", "nope"]])
+def test_bench_train_step_bad_args(argv, capsys):
+    assert bench_main(["train-step", *argv]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_bench_data_smoke(capsys):

@@ -88,3 +88,38 @@ def vocab_violations(
 def max_vocab_rows(records: Iterable[TensorRecord], vocab: int) -> int:
     """Largest numel / V over tensors whose last dim is V (the biggest logits block seen)."""
     return max((vocab_rows(r.shape, vocab) for r in records), default=0)
+
+
+class SavedTensorBytes:
+    """Bytes of the distinct tensors autograd saves for backward while the block runs (the
+    activation memory of a step), parameters excluded.
+
+    A `saved_tensors_hooks` pair that records each saved tensor's storage once and returns the
+    tensor unchanged, so the step computes exactly what it would without it. Non-reentrant
+    gradient checkpointing pushes its own hooks inside each checkpointed layer: there only the
+    layer inputs reach this hook, which is exactly what checkpointing keeps alive.
+    """
+
+    def __init__(self, exclude: Iterable[int] = ()) -> None:
+        self.exclude = set(exclude)  # storage data_ptrs not to count (parameters)
+        self._seen: dict[int, int] = {}
+        self._ctx: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._seen.values())
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in self.exclude:
+            self._seen[ptr] = st.nbytes()
+        return t
+
+    def __enter__(self) -> "SavedTensorBytes":
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)

@@ -1,22 +1,27 @@
-"""`lrt bench train-step`: peak memory and tokens/s of lrt's training step vs the naive full-logits step.
+"""`lrt bench train-step`: memory and speed of lrt's training step against the naive full-logits
+step and against a floor, with gradient checkpointing off and on.
 
-Two variants on the same randomly initialised Llama-style model and the same batch:
-- `lrt`: `RerankModule` forward (decoder hidden states, identifier rows of the LM head, chunked
-  LM cross-entropy) + backward + grad clipping + AdamW step, as `Trainer.train_step` runs it;
+Every variant builds a real `Trainer` from a generated recipe (a Llama-style model initialised from
+its config, a tiny tokenizer, listwise data whose passages fill `--seq` tokens) and runs on the
+micro-batches the trainer itself serves for each step:
+- `lrt`: `Trainer.train_step()`, the exact function `lrt train` runs (data, forward, loss,
+  backward, clipping, AdamW, scheduler), so the benchmark cannot drift from training; the trainer,
+  not the benchmark, puts the model in training mode;
 - `naive`: what the anchors do: `model(...).logits` (a `[B, T, V]` tensor), cross-entropy of the
   target rows taken from those logits (or `log_softmax` over all of them with `--naive-ce full`,
   as the FIRST/rank_llm code does), ranking scores sliced from the logits at the answer position,
-  the same ranking loss and normalisation, backward, clipping, AdamW.
+  the same loss and normalisation, backward, clipping, the trainer's AdamW;
+- `floor`: decoder forward/backward plus the same clipping and AdamW, with the loss the dot product
+  of the answer hidden state with the identifier rows of the LM head: the least any first-token
+  reranker step can do. `lrt / floor` is what lrt's losses cost on top of the model itself.
 
 Why one fresh subprocess per variant: `ru_maxrss` is a process-lifetime high-water mark, so two
 variants in one process would hide the smaller one. Each worker records `ru_maxrss` after its
-imports (the baseline, ~0.4 GB of torch + transformers) and at the end; `step_mb` = peak −
-baseline is the memory the training step itself needs (weights, grads, AdamW state, activations,
-logits). Variants alternate order across repeats so machine noise hits both.
-
-Inputs are token tensors (random prompt + a structured target) passed through the real
-`ListwiseCollator`, so positions and labels have the training batch format but data preparation
-is not timed; collate time is measured separately and reported against the step time.
+imports (the baseline) and at the end; `step_mb` = peak − baseline is the memory the step itself
+needs (weights, grads, AdamW state, activations, logits). `activation_mb` counts the distinct
+non-parameter tensors autograd saves for backward during one real step (a saved-tensors hook
+around the step; checkpointed layers keep only their inputs). Variants alternate order across
+repeats so machine noise hits all of them.
 """
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 # Token-id layout of the synthetic vocabulary (any vocab >= 512).
@@ -115,22 +122,10 @@ def loss_terms(setting: str, chunk_size: int | None = None) -> list[Any]:
     return [lm] if SETTINGS[setting]["loss"].startswith("lm(") else [lm, LossTerm(name="ranknet", weight=1.0)]
 
 
-def build_model(vocab: int, hidden: int, layers: int, heads: int, intermediate: int, seq: int, tie: bool, seed: int = 0) -> Any:
-    """A randomly initialised fp32 LlamaForCausalLM with SDPA attention (same seed → same weights)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max(seq, 4096),
-        tie_word_embeddings=tie, attn_implementation="sdpa", pad_token_id=PAD, eos_token_id=EOS,
-    )
-    return LlamaForCausalLM(cfg)
-
-
 def lrt_step(module: Any, objective: Any, optimizer: Any, batch: dict[str, Any], max_grad_norm: float) -> float:
-    """One optimizer step through the real path (the non-distributed branch of `Trainer.train_step`)."""
+    """`RerankModule` forward + backward + clipping + optimizer on a given batch: the core of
+    `Trainer.train_step` without data or schedule, for op-level checks (tests/test_no_full_logits.py).
+    The benchmark itself times `Trainer.train_step`."""
     import torch
 
     dens = objective.denominators(batch)
@@ -173,50 +168,152 @@ def naive_step(model: Any, objective: Any, optimizer: Any, batch: dict[str, Any]
     return float(loss.detach())
 
 
+def build_config_dir(out: Path, cfg: dict[str, Any]) -> str:
+    """A model directory holding a Llama config of the benchmark's size and a tiny tokenizer; the
+    recipe loads it with `model.init: from_config` (random weights, seeded by the trainer)."""
+    from transformers import LlamaConfig
+
+    from lrt.testing.tiny import build_tokenizer
+
+    tok = build_tokenizer("chatml")
+    LlamaConfig(
+        vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], intermediate_size=cfg["intermediate"],
+        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["heads"],
+        max_position_embeddings=max(cfg["seq"], 4096), tie_word_embeddings=cfg["tie"],
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    ).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def bench_examples(n_lists: int, n_ids: int, seq: int, seed: int = 0) -> list[Any]:
+    """Listwise examples whose passages are longer than the `seq` budget, so `data.max_length`
+    cuts every passage to the same length and each list fills (almost) exactly `seq` tokens."""
+    from lrt.data.schema import Candidate, ListwiseExample
+
+    rng = random.Random(seed)
+    words = "the quick brown fox jumps over lazy dog passage query rank search document text".split()
+    per = max(8, 2 * seq // n_ids)
+    out = []
+    for q in range(n_lists):
+        cands = [Candidate(f"q{q}d{i}", " ".join(rng.choices(words, k=per))) for i in range(n_ids)]
+        ranking = [c.docid for c in cands]
+        rng.shuffle(ranking)
+        out.append(ListwiseExample(f"q{q}", " ".join(rng.choices(words, k=6)), cands, ranking, None))
+    return out
+
+
+def bench_recipe(work: Path, cfg: dict[str, Any]) -> Any:
+    """The recipe every variant's Trainer is built from (FIRST: first_alpha prompt, lm + ranknet;
+    fullrank: numeric identifiers, importance-weighted lm)."""
+    from lrt.config import recipe_from_dict
+    from lrt.data.schema import write_examples
+
+    setting = cfg["setting"]
+    n = cfg.get("n_ids") or SETTINGS[setting]["n_ids"]
+    n_lists = cfg["batch"] * (cfg["warmup"] + cfg["steps"] + 1)
+    write_examples(bench_examples(n_lists, n, cfg["seq"]), work / "train.jsonl")
+    loss = [t.model_dump() for t in loss_terms(setting, cfg["chunk_size"])]
+    raw = {
+        "model": {"name_or_path": build_config_dir(work / "model", cfg), "init": "from_config", "dtype": "float32",
+                  "attn_implementation": "sdpa", "gradient_checkpointing": bool(cfg["gc"])},
+        "data": {"train": str(work / "train.jsonl"), "max_length": cfg["seq"], "window": n},
+        "prompt": {"preset": "first_alpha" if SETTINGS[setting]["scheme"] == "alpha" else "rankgpt_numeric",
+                   "max_passage_tokens": cfg["seq"]},
+        "loss": loss,
+        "train": {"max_steps": cfg["warmup"] + cfg["steps"] + 1, "per_device_batch_size": cfg["batch"], "grad_accum": 1,
+                  "lr": 1e-5, "warmup_steps": 0, "max_grad_norm": 1.0, "save_final": False, "log_every": 10**6,
+                  "seed": 0},
+        "eval": {"at_start": False, "at_end": False},
+        "log": {"progress": False},
+        "output_dir": str(work / "run"),
+    }
+    return recipe_from_dict(raw, [])
+
+
+def floor_step(trainer: Any, batch: dict[str, Any]) -> float:
+    """The least a first-token reranker step does: decoder forward, loss = answer hidden state ·
+    identifier rows of the LM head (fullrank, whose ids are multi-token: the target's token rows at
+    the position predicting the first target token), backward, the trainer's clipping and AdamW."""
+    import torch
+
+    from lrt.scoring import decoder_and_head, hidden_states
+
+    decoder, head = decoder_and_head(trainer.hf_model)
+    with trainer.autocast():
+        h = hidden_states(decoder, batch)
+    B, T = h.shape[:2]
+    if batch["cand_ids"].numel():
+        pos, rows = batch["answer_pos"], batch["cand_ids"]  # [B], [B, N]
+    else:
+        flat = batch["lm_flat_pos"]
+        pos = torch.full((B,), T, dtype=torch.long).scatter_reduce(0, flat // T, flat % T, "amin")
+        rows = batch["lm_targets"].unique()[None].expand(B, -1)
+    loss = torch.einsum("bh,bnh->bn", h[torch.arange(B), pos].float(), head.weight[rows].float()).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainer.module.parameters(), trainer.r.train.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Worker body (meant for a fresh process): build, warm up, time `steps` steps, read peak RSS."""
+    """Worker body (meant for a fresh process): build the Trainer, warm up, time steps, read peak RSS."""
     import torch
     from transformers import LlamaForCausalLM  # noqa: F401  (model code is part of the import baseline)
 
-    from lrt.data.collate import ListwiseCollator
-    from lrt.train.module import RerankModule
-    from lrt.train.objective import Objective
+    from lrt.bench.guard import SavedTensorBytes
+    from lrt.train.data import batch_to
+    from lrt.train.loop import Trainer
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     import_mb = _rss_mb()
-    model = build_model(cfg["vocab"], cfg["hidden"], cfg["layers"], cfg["heads"], cfg["intermediate"], cfg["seq"], cfg["tie"])
-    model.train()
-    objective = Objective(loss_terms(cfg["setting"], cfg["chunk_size"]))
-    rows = synthetic_rows(cfg["setting"], cfg["seq"], cfg["batch"], cfg["vocab"], cfg.get("n_ids"))
-    collate = ListwiseCollator(PAD)
-    batch = collate(rows)
-    fused = True if cfg.get("optimizer") == "adamw-fused" else None  # None: torch's default, as build_optimizer
-    if cfg["variant"] == "lrt":
-        module = RerankModule(model, objective)
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=fused)
-        step = lambda: lrt_step(module, objective, opt, batch, 1.0)  # noqa: E731
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused)
-        step = lambda: naive_step(model, objective, opt, batch, 1.0, cfg["naive_ce"])  # noqa: E731
-    setup_mb = _rss_mb()
-    losses, times, collate_s = [], [], []
-    for i in range(cfg["warmup"] + cfg["steps"]):
-        c0 = time.perf_counter()
-        collate(rows)  # what Trainer.train_step does per step; timed apart from the step
-        c1 = time.perf_counter()
-        losses.append(step())
-        t = time.perf_counter() - c1
-        if i >= cfg["warmup"]:
-            times.append(t)
-            collate_s.append(c1 - c0)
-    peak_mb = _rss_mb()
-    return {
-        "variant": cfg["variant"], "import_mb": import_mb, "setup_mb": setup_mb, "peak_mb": peak_mb,
-        "step_times_s": times, "collate_s": collate_s, "first_loss": losses[0],
-        "threads": torch.get_num_threads(), "chunk_size": objective.chunk_rows(cfg["vocab"]), "target_tokens": int(batch["lm_targets"].numel()),
-        "params": sum(p.numel() for p in model.parameters()),
-    }
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmp:
+        trainer = Trainer(bench_recipe(Path(tmp), cfg))
+        params = {p.untyped_storage().data_ptr() for p in trainer.module.parameters()}
+
+        def batch(i: int) -> dict[str, Any]:
+            (b,) = trainer.batches.step(i)  # grad_accum 1: one micro-batch per step
+            return batch_to(b, trainer.env.device)
+
+        if cfg["variant"] == "lrt":
+            step = lambda i: trainer.train_step()["loss"]  # noqa: E731  (serves step i itself)
+        elif cfg["variant"] == "naive":
+            def step(i: int) -> float:
+                with trainer.autocast():
+                    return naive_step(trainer.hf_model, trainer.objective, trainer.optimizer, batch(i),
+                                      trainer.r.train.max_grad_norm, cfg["naive_ce"])
+        else:
+            step = lambda i: floor_step(trainer, batch(i))  # noqa: E731
+        setup_mb = _rss_mb()
+        losses, times, collate_s, tokens = [], [], [], []
+        activation_bytes = 0
+        for i in range(cfg["warmup"] + cfg["steps"]):
+            c0 = time.perf_counter()
+            tokens.append(int(trainer.batches.step(i)[0]["attention_mask"].sum()))  # collation, timed apart
+            c1 = time.perf_counter()
+            if i == 0:  # the warm-up step also measures what autograd keeps for backward
+                with SavedTensorBytes(exclude=params) as saved:
+                    losses.append(step(i))
+                activation_bytes = saved.nbytes
+            else:
+                losses.append(step(i))
+            t = time.perf_counter() - c1
+            if i >= cfg["warmup"]:
+                times.append(t)
+                collate_s.append(c1 - c0)
+        trainer.metrics.close()
+        peak_mb = _rss_mb()
+        return {
+            "variant": cfg["variant"], "import_mb": import_mb, "setup_mb": setup_mb, "peak_mb": peak_mb,
+            "step_times_s": times, "collate_s": collate_s, "first_loss": losses[0], "tokens": tokens[cfg["warmup"]:],
+            "activation_mb": activation_bytes / 2**20, "threads": torch.get_num_threads(),
+            "chunk_size": trainer.objective.chunk_rows(cfg["vocab"]),
+            "target_tokens": int(trainer.batches.step(0)[0]["lm_targets"].numel()),
+            "params": sum(p.numel() for p in trainer.module.parameters()),
+            "train_mode": all(m.training for m in trainer.module.modules()),
+        }
 
 
 def _spawn(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -230,57 +327,79 @@ def _spawn(cfg: dict[str, Any]) -> dict[str, Any]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+VARIANTS = ("lrt", "naive", "floor")
+
+
 def summarise(setting: str, cfg: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """One JSON record per setting: both variants' memory and speed, and lrt/naive ratios."""
-    tokens = cfg["batch"] * cfg["seq"]
+    """One JSON record per (setting, checkpointing): each variant's memory and speed, lrt/naive and
+    lrt/floor ratios."""
     out: dict[str, Any] = {"bench": "train-step", "date": time.strftime("%Y-%m-%d"), "setting": setting,
-                           "loss": SETTINGS[setting]["loss"]}
-    out.update({k: cfg[k] for k in ("vocab", "hidden", "layers", "heads", "intermediate", "seq", "batch", "tie", "naive_ce", "optimizer")})
+                           "loss": SETTINGS[setting]["loss"], "grad_ckpt": bool(cfg["gc"])}
+    out.update({k: cfg[k] for k in ("vocab", "hidden", "layers", "heads", "intermediate", "seq", "batch", "tie", "naive_ce")})
+    tokens = statistics.median([t for r in runs["lrt"] for t in r["tokens"]])
     per: dict[str, dict[str, float]] = {}
     for v, rs in runs.items():
-        times = [t for r in rs for t in r["step_times_s"]]
-        step_s = statistics.median(times)
+        step_s = statistics.median([t for r in rs for t in r["step_times_s"]])
         peak = max(r["peak_mb"] for r in rs)
         base = min(r["import_mb"] for r in rs)
-        per[v] = {"peak_mb": peak, "import_mb": base, "step_mb": peak - base, "step_s": step_s, "tokens_per_s": tokens / step_s}
+        per[v] = {"peak_mb": peak, "import_mb": base, "step_mb": peak - base, "step_s": step_s,
+                  "tokens_per_s": tokens / step_s, "activation_mb": max(r["activation_mb"] for r in rs)}
         for k, x in per[v].items():
             out[f"{v}_{k}"] = round(x, 4 if k == "step_s" else 1)
         out[f"{v}_first_loss"] = rs[0]["first_loss"]
-    lrt, naive = per["lrt"], per["naive"]
+    lrt = per["lrt"]
     collate = statistics.median([c for r in runs["lrt"] for c in r["collate_s"]])
     out.update({
+        "tokens_per_step": int(tokens),
         "target_tokens": runs["lrt"][0]["target_tokens"],
         "params": runs["lrt"][0]["params"],
         "threads": runs["lrt"][0]["threads"],
         "chunk_size": runs["lrt"][0]["chunk_size"],
+        "train_mode": all(r["train_mode"] for rs in runs.values() for r in rs),
         "timed_steps_per_variant": len([t for r in runs["lrt"] for t in r["step_times_s"]]),
-        "mem_ratio": round(lrt["step_mb"] / naive["step_mb"], 3),
-        "mem_ratio_raw_rss": round(lrt["peak_mb"] / naive["peak_mb"], 3),
-        "speed_ratio": round(lrt["tokens_per_s"] / naive["tokens_per_s"], 3),
         "collate_ms": round(collate * 1e3, 3),
         "collate_frac_of_step": round(collate / lrt["step_s"], 5),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes on the machine inflate step times
-        "loss_rel_diff": abs(out["lrt_first_loss"] - out["naive_first_loss"]) / max(abs(out["naive_first_loss"]), 1e-12),
     })
-    out["meets_mem"] = out["mem_ratio"] <= 0.3
-    out["meets_speed"] = out["speed_ratio"] >= 1.3
+    if "naive" in per:
+        naive = per["naive"]
+        out.update({
+            "mem_ratio": round(lrt["step_mb"] / naive["step_mb"], 3),
+            "mem_ratio_raw_rss": round(lrt["peak_mb"] / naive["peak_mb"], 3),
+            "speed_ratio": round(lrt["tokens_per_s"] / naive["tokens_per_s"], 3),
+            "loss_rel_diff": abs(out["lrt_first_loss"] - out["naive_first_loss"]) / max(abs(out["naive_first_loss"]), 1e-12),
+        })
+        out["meets_mem"] = out["mem_ratio"] <= 0.3
+        out["meets_speed"] = out["speed_ratio"] >= 1.3
+    if "floor" in per:
+        floor = per["floor"]
+        out.update({
+            "mem_ratio_floor": round(lrt["step_mb"] / floor["step_mb"], 3),
+            "time_ratio_floor": round(lrt["step_s"] / floor["step_s"], 3),
+            "activation_ratio_floor": round(lrt["activation_mb"] / max(floor["activation_mb"], 1e-9), 3),
+        })
     return out
 
 
 def table(records: list[dict[str, Any]]) -> str:
     """A README-ready markdown table of the records."""
     lines = [
-        "| setting | target tokens | variant | peak RSS (MB) | step memory (MB, peak − import) | step (s) | tokens/s "
-        "| collate ms (% of step) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | grad. ckpt | variant | step memory (MB, peak − import) | saved activations (MB) | step (s) "
+        "| tokens/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        for v in ("naive", "lrt"):
-            coll = f"{r['collate_ms']:.2f} ({100 * r['collate_frac_of_step']:.3f} %)" if v == "lrt" else ""
-            lines.append(f"| {r['setting']} ({r['loss']}) | {r['target_tokens']} | {v} | {r[v + '_peak_mb']:.0f} | "
-                         f"{r[v + '_step_mb']:.0f} | {r[v + '_step_s']:.2f} | {r[v + '_tokens_per_s']:.0f} | {coll} |")
-        lines.append(f"| {r['setting']} | | **lrt / naive** | {r['mem_ratio_raw_rss']:.3f} | **{r['mem_ratio']:.3f}** | "
-                     f"| **{r['speed_ratio']:.2f}×** | |")
+        gc = "on" if r["grad_ckpt"] else "off"
+        for v in VARIANTS:
+            if v + "_step_mb" in r:
+                lines.append(f"| {r['setting']} ({r['loss']}) | {gc} | {v} | {r[v + '_step_mb']:.0f} | "
+                             f"{r[v + '_activation_mb']:.0f} | {r[v + '_step_s']:.2f} | {r[v + '_tokens_per_s']:.0f} |")
+        if "mem_ratio" in r:
+            lines.append(f"| {r['setting']} | {gc} | **lrt / naive** | **{r['mem_ratio']:.3f}** | | "
+                         f"| **{r['speed_ratio']:.2f}× tokens/s** |")
+        if "mem_ratio_floor" in r:
+            lines.append(f"| {r['setting']} | {gc} | **lrt / floor** | **{r['mem_ratio_floor']:.3f}** | "
+                         f"{r['activation_ratio_floor']:.3f} | **{r['time_ratio_floor']:.2f}× time** | |")
     return "\n".join(lines)
 
 
@@ -299,8 +418,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--untie", action="store_true", help="separate LM head (default: tied, like small Qwen models)")
     p.add_argument("--naive-ce", choices=["targets", "full"], default="targets",
                    help="naive LM loss: CE of target rows of the full logits, or log_softmax over all of them (FIRST code)")
-    p.add_argument("--optimizer", choices=["adamw", "adamw-fused"], default="adamw",
-                   help="adamw: torch default implementation (what lrt's build_optimizer creates); adamw-fused: fused=True")
+    p.add_argument("--grad-ckpt", default="off,on", help="gradient checkpointing: comma list of off, on")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
     p.add_argument("--first-ids", type=int, default=None, help="override the FIRST window (20)")
     p.add_argument("--fullrank-ids", type=int, default=None, help="override the fullrank window (100)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per worker")
@@ -317,25 +436,35 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker is not None:
         print(json.dumps(run_variant(json.loads(a.worker))), flush=True)
         return 0
-    records = []
-    for setting in [s.strip() for s in a.settings.split(",") if s.strip()]:
-        if setting not in SETTINGS:
-            print(f"error: unknown setting {setting!r}; choose from {sorted(SETTINGS)}", file=sys.stderr)
+    gcs = [g.strip() for g in a.grad_ckpt.split(",") if g.strip()]
+    settings = [s.strip() for s in a.settings.split(",") if s.strip()]
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    for name, vals, allowed in (("setting", settings, SETTINGS), ("--grad-ckpt", gcs, ("off", "on")),
+                                ("variant", variants, VARIANTS)):
+        bad = [v for v in vals if v not in allowed]
+        if bad or not vals:
+            print(f"error: unknown {name} {bad[0] if bad else ''!r}; choose from {sorted(allowed)}", file=sys.stderr)
             return 2
-        cfg = {"setting": setting, "vocab": a.vocab, "hidden": a.hidden, "layers": a.layers, "heads": a.heads,
-               "intermediate": a.intermediate, "seq": a.seq, "batch": a.batch, "chunk_size": a.chunk_size,
-               "tie": not a.untie, "naive_ce": a.naive_ce, "optimizer": a.optimizer, "steps": a.steps, "warmup": a.warmup, "threads": a.threads,
-               "n_ids": a.first_ids if setting == "first" else a.fullrank_ids}
-        runs: dict[str, list[dict[str, Any]]] = {"lrt": [], "naive": []}
-        for rep in range(a.repeats):
-            order = ["lrt", "naive"] if rep % 2 == 0 else ["naive", "lrt"]
-            for v in order:
-                runs[v].append(_spawn({**cfg, "variant": v}))
-                print(f"# {setting} {v} rep {rep}: {runs[v][-1]['step_times_s']} s/step, peak {runs[v][-1]['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
-        rec = summarise(setting, cfg, runs)
-        records.append(rec)
-        print(json.dumps(rec), flush=True)
+    if "lrt" not in variants:
+        print("error: --variants must include lrt (the ratios are lrt's)", file=sys.stderr)
+        return 2
+    records = []
+    for setting in settings:
+        for gc in gcs:
+            cfg = {"setting": setting, "vocab": a.vocab, "hidden": a.hidden, "layers": a.layers, "heads": a.heads,
+                   "intermediate": a.intermediate, "seq": a.seq, "batch": a.batch, "chunk_size": a.chunk_size,
+                   "tie": not a.untie, "naive_ce": a.naive_ce, "steps": a.steps, "warmup": a.warmup,
+                   "threads": a.threads, "gc": gc == "on", "n_ids": a.first_ids if setting == "first" else a.fullrank_ids}
+            runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+            for rep in range(a.repeats):
+                k = rep % len(variants)
+                for v in variants[k:] + variants[:k]:  # rotate the order across repeats
+                    runs[v].append(_spawn({**cfg, "variant": v}))
+                    print(f"# {setting} gc={gc} {v} rep {rep}: {runs[v][-1]['step_times_s']} s/step, "
+                          f"peak {runs[v][-1]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+            rec = summarise(setting, cfg, runs)
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
     if not a.no_table:
         print()
         print(table(records))

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     cap = [f"train.max_steps={a.max_steps}", f"eval.every={a.max_steps}", "train.warmup_steps=0"] if a.max_steps else []
     data = make_data(out / "data", max(256, 32 * a.max_steps) if a.max_steps else None)
     recipe = load_recipe(a.recipe, [f"data.train={data['train']}", f"data.eval={data['eval']}",
-                                    f"output_dir={out / 'run'}", "train.resume=none", *cap, *a.overrides])
+                                    f"output_dir={out / 'run'}", "train.resume=none",
+                                    "train.overwrite_output_dir=true", *cap, *a.overrides])  # a re-run starts over
     from lrt.train.loop import Trainer
 
     trainer = Trainer(recipe)

@@ -27,10 +27,18 @@ def load_tokenizer(r: Recipe, n_identifiers: int | None = None) -> Any:
     from transformers import AutoTokenizer
 
     src = resolve_path(r.model.tokenizer or r.model.name_or_path)
+    key = "model.tokenizer" if r.model.tokenizer else "model.name_or_path"
+    if src.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(src)):
+        raise LrtError(f"{key}: {src!r} is not a directory; give a local model directory or a hub id")
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=r.model.trust_remote_code)
-    except OSError as e:
-        raise LrtError(f"model.tokenizer: cannot load a tokenizer from {src!r} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - any failure here (no files, corrupt json, missing backend) is the user's
+        msg = " ".join(str(e).split())[:300]
+        has_files = os.path.isfile(os.path.join(src, "tokenizer.json"))
+        fix = ("fix or replace the broken file named above" if has_files else "the directory needs tokenizer.json "
+               "(+ tokenizer_config.json): copy them from the base model, or point model.tokenizer at a directory "
+               "that has them")
+        raise LrtError(f"{key}: cannot load a tokenizer from {src!r} ({type(e).__name__}: {msg}); {fix}") from None
     if not getattr(tok, "is_fast", False):
         raise LrtError(f"{src}: lrt needs a fast tokenizer (character offsets locate answer positions)")
     if tok.pad_token is None:
@@ -90,6 +98,15 @@ def _apply_config_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
     """Set `model.config_overrides` on a model config; a value of another type than the config's own
     (e.g. a string for `num_hidden_layers`) is a user error, reported by key."""
     bad = []
+    known = set(cfg.to_dict())
+    for k in overrides:
+        if k not in known:  # a typo would otherwise set an attribute nothing reads
+            import difflib
+
+            close = difflib.get_close_matches(k, sorted(known), n=1)
+            bad.append(f"{k} (not a field of {type(cfg).__name__}" + (f"; did you mean {close[0]!r}?)" if close else ")"))
+    if bad:
+        raise LrtError(f"model.config_overrides: unknown key(s) {', '.join(bad)}")
     for k, v in overrides.items():
         cur = getattr(cfg, k, None)
         num = (int, float)
@@ -123,10 +140,34 @@ def load_model(r: Recipe, tokenizer: Any) -> nn.Module:
                 raise LrtError(f"model.config_overrides: the model cannot be built with "
                                f"{r.model.config_overrides} ({type(e).__name__}: {e}); fix the values") from None
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                src, dtype=dtype, attn_implementation=attn, trust_remote_code=r.model.trust_remote_code,
-                quantization_config=quantization_config(r), device_map=_device_map(r),
-            )
+            extra: dict[str, Any] = {}
+            if r.model.config_overrides:  # applied to the checkpoint's config, not silently ignored
+                cfg = AutoConfig.from_pretrained(src, trust_remote_code=r.model.trust_remote_code)
+                _apply_config_overrides(cfg, r.model.config_overrides)
+                extra["config"] = cfg
+            if r.model.quantization is not None and not torch.cuda.is_available():
+                log.warning("model.quantization: no CUDA, so bitsandbytes quantises with its CPU backend (slow; "
+                            "fine for tests): QLoRA's memory savings are a GPU feature")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    src, dtype=dtype, attn_implementation=attn, trust_remote_code=r.model.trust_remote_code,
+                    quantization_config=quantization_config(r), device_map=_device_map(r), **extra,
+                )
+            except Exception as e:  # noqa: BLE001 - re-raised unless it is one of the user's mistakes below
+                if type(e).__module__.startswith("safetensors"):
+                    raise LrtError(f"model.name_or_path: the weights in {src!r} cannot be read ({type(e).__name__}: "
+                                   f"{e}); the file is truncated or corrupt: copy or export it again") from None
+                if not isinstance(e, (ImportError, RuntimeError, ValueError)):
+                    raise
+                if r.model.quantization is not None:
+                    raise LrtError(f"model.quantization: bitsandbytes cannot load {src!r} in {r.model.quantization.bits}"
+                                   f"-bit here ({type(e).__name__}: {' '.join(str(e).split())[:300]}); use a CUDA "
+                                   "GPU, or drop model.quantization to train LoRA on an unquantised base") from None
+                if extra:
+                    raise LrtError(f"model.config_overrides: the checkpoint {src!r} cannot be loaded with "
+                                   f"{r.model.config_overrides} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                                   "architecture fields must match the weights") from None
+                raise
     except OSError as e:
         raise LrtError(f"model.name_or_path: cannot load {src!r} ({e})") from None
     init_special_identifiers(model, tokenizer)
@@ -211,7 +252,17 @@ def apply_lora(model: nn.Module, r: Recipe) -> nn.Module:
         r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
         modules_to_save=lc.modules_to_save or None, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, cfg)
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    unknown = [m for m in lc.modules_to_save or [] if m not in names]
+    if unknown:  # peft would silently save nothing for them
+        raise LrtError(f"model.lora.modules_to_save: {unknown} match no module of this model; e.g. "
+                       f"{sorted(n for n in names if n.endswith(('head', 'embed_tokens', 'norm')))}")
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:  # peft's NoMatchingPeftModuleError and friends
+        raise LrtError(f"model.lora.target_modules={lc.target_modules!r} / modules_to_save={lc.modules_to_save!r} "
+                       f"do not fit this model ({' '.join(str(e).split())[:200]}); its linear layers are {linear}") from None
 
 
 def add_neftune(model: nn.Module, alpha: float) -> None:

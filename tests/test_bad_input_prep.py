@@ -39,6 +39,16 @@ def lrt(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
                           capture_output=True, text=True, timeout=timeout)
 
 
+def inproc(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """`lrt.cli.main(args)` in this process (fast), shaped like a finished subprocess."""
+    from lrt.cli import main
+
+    monkeypatch.setenv("LRT_TEST_KEY", KEY)
+    rc = main(list(args))
+    cap = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, cap.out, cap.err)
+
+
 def assert_clean_error(res: subprocess.CompletedProcess, *needles: str) -> str:
     """Exit 2, exactly one `error:` line naming what to fix, never a traceback."""
     out = res.stdout + res.stderr
@@ -79,32 +89,55 @@ JOB_CASES = [  # (id, overrides, key the message must name)
 
 
 @pytest.mark.parametrize("case, overrides, needle", JOB_CASES, ids=[c[0] for c in JOB_CASES])
-def test_openai_job_errors_are_one_clean_line(data, tmp_path, case, overrides, needle):
+def test_openai_job_errors_are_one_clean_line(data, tmp_path, capsys, monkeypatch, case, overrides, needle):
     job = write_job(data, "http://127.0.0.1:9/v1", tmp_path / "out")
-    res = lrt("prep", str(job), *overrides)
+    res = inproc(capsys, monkeypatch, "prep", str(job), *overrides)
     assert_clean_error(res, needle)
     assert not list((tmp_path / "out").glob("cache/*.sqlite"))  # refused before any work
 
 
-def test_base_url_is_checked_by_prep_check_too(data, tmp_path):
+def test_base_url_is_checked_by_prep_check_too(data, tmp_path, capsys, monkeypatch):
     job = write_job(data, "ftp://example.org/v1", tmp_path / "out", api_key_env=None)
-    assert_clean_error(lrt("prep", str(job), "--check"), "teacher.base_url")
+    assert_clean_error(inproc(capsys, monkeypatch, "prep", str(job), "--check"), "teacher.base_url")
 
 
 @pytest.mark.parametrize("case", ["missing", "directory"])
-def test_scores_teacher_path_is_reported_as_a_teacher_problem(data, tmp_path, case):
+def test_scores_teacher_path_is_reported_as_a_teacher_problem(data, tmp_path, capsys, monkeypatch, case):
     job = scores_job(data, tmp_path / "out")
     bad = tmp_path / "nope.jsonl"
     if case == "directory":
         bad.mkdir()
-    err = assert_clean_error(lrt("prep", str(job), f"teacher.path={bad}"), "teacher.path", str(bad))
+    err = assert_clean_error(inproc(capsys, monkeypatch, "prep", str(job), f"teacher.path={bad}"),
+                             "teacher.path", str(bad))
     assert "source" not in err
 
 
-def test_output_dir_that_is_a_file(data, tmp_path):
-    f = tmp_path / "out"
-    f.write_text("x")
-    assert_clean_error(lrt("prep", str(scores_job(data, f))), "output.dir")
+def _files(tmp: Path) -> dict[str, Path]:
+    (tmp / "cachedir").mkdir()
+    (tmp / "garbage.sqlite").write_bytes(b"not a database at all" * 100)
+    (tmp / "run5.txt").write_text("q0 Q0 q0d00 1 1.0\n")
+    (tmp / "out-file").write_text("x")
+    return {k: tmp / k for k in ("cachedir", "garbage.sqlite", "run5.txt", "out-file")}
+
+
+MORE_CASES = [  # (id, overrides with {file} placeholders, words the message must hold)
+    ("output_dir_is_a_file", ["output.dir={out-file}"], ["output.dir", "is a file"]),
+    ("cache_path_is_a_directory", ["cache.path={cachedir}"], ["cachedir: cannot open the call cache"]),
+    ("cache_is_not_sqlite", ["cache.path={garbage.sqlite}"], ["garbage.sqlite: cannot open the call cache",
+                                                              "file is not a database"]),
+    ("scores_run_bad_columns", ["teacher.format=run", "teacher.path={run5.txt}"], ["run5.txt:1", "6 columns"]),
+    ("scores_not_a_qrels_file", ["teacher.format=qrels"], ["lists.jsonl:1", "4 columns"]),
+]
+
+
+@pytest.mark.parametrize("case, overrides, needles", MORE_CASES, ids=[c[0] for c in MORE_CASES])
+def test_more_prep_job_errors(data, tmp_path, capsys, monkeypatch, case, overrides, needles):
+    files = _files(tmp_path)
+    ov = list(overrides)
+    for k, v in files.items():
+        ov = [o.replace("{" + k + "}", str(v)) for o in ov]
+    job = scores_job(data, tmp_path / "out")
+    assert_clean_error(inproc(capsys, monkeypatch, "prep", str(job), *ov), *needles)
 
 
 # ---- the key never leaks ------------------------------------------------------------------------

@@ -15,8 +15,15 @@ if [ -f "$stamp" ]; then
 fi
 "$PY" -m pip install -q --upgrade pip
 if ! "$PY" -c "import torch" 2>/dev/null; then
-  # CPU torch first: an unpinned resolve would pull a multi-GB CUDA build.
-  "$PY" -m pip install -q -c constraints-cpu.txt "torch==2.13.0" || "$PY" -m pip install -q torch
+  # CPU torch first: on Linux the plain PyPI wheel of torch is the multi-GB CUDA build. The CPU build
+  # comes from PyTorch's CPU wheel index (LRT_TORCH_INDEX overrides it), unless pip already has a local
+  # CPU wheel configured (find-links), which is tried first and without network.
+  if "$PY" -m pip install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null; then
+    "$PY" -m pip install -q -c constraints-cpu.txt "torch==2.13.0"          # its dependencies
+  else
+    "$PY" -m pip install -q "torch==2.13.0" --index-url "${LRT_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+      --extra-index-url https://pypi.org/simple || "$PY" -m pip install -q -c constraints-cpu.txt "torch==2.13.0"
+  fi
 fi
 spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"

@@ -288,3 +288,20 @@ def test_a_second_prep_on_the_same_shard_is_refused_and_nothing_is_paid_twice(tm
         again = lrt("prep", str(job))  # after the holder exited the lock is free: a finished no-op
         assert again.returncode == 0, again.stderr[-3000:]
         assert sum(srv.attempts.values()) == 36
+
+
+def test_teacher_model_and_prompt_tokenizer_that_cannot_load(data, tmp_path, capsys, monkeypatch, tiny_model_dir):
+    import shutil
+
+    notok = tmp_path / "notok"
+    shutil.copytree(tiny_model_dir, notok)
+    for f in notok.glob("tokenizer*"):
+        f.unlink()
+    job = yaml.safe_load(scores_job(data, tmp_path / "out").read_text())
+    job["teacher"] = {"kind": "hf", "model": str(notok)}
+    path = tmp_path / "hf.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert_clean_error(inproc(capsys, monkeypatch, "prep", str(path)), f"teacher.model '{notok}': cannot load")
+    oa = write_job(data, "http://127.0.0.1:9/v1", tmp_path / "out2")
+    assert_clean_error(inproc(capsys, monkeypatch, "prep", str(oa), f"prompt.tokenizer={notok}",
+                              "prompt.max_passage_tokens=20"), "prompt.tokenizer", "cannot load a tokenizer")

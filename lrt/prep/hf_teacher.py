@@ -30,9 +30,11 @@ class HFTeacher:
             torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype,
                                                               trust_remote_code=trust_remote_code)
-        except OSError as e:
-            raise LrtError(f"teacher.model {model!r}: cannot load ({e}); give a local directory or a hub id "
-                           "that is cached (HF_HUB_OFFLINE=1 forbids downloads)") from None
+        except Exception as e:  # noqa: BLE001 - no files, a broken tokenizer/config/weights: the job's to fix
+            msg = " ".join(str(e).split())[:300]
+            raise LrtError(f"teacher.model {model!r}: cannot load ({type(e).__name__}: {msg}); give a local "
+                           "directory with config, weights and tokenizer files, or a hub id that is cached "
+                           "(HF_HUB_OFFLINE=1 forbids downloads)") from None
         self.model.to(device).eval()
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:

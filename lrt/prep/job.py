@@ -105,7 +105,11 @@ def make_teacher(cfg: JobCfg) -> Teacher | None:
             from transformers import AutoTokenizer
 
             from lrt.data.prompts import truncate_tokens
-            tok = AutoTokenizer.from_pretrained(p.tokenizer)
+            try:
+                tok = AutoTokenizer.from_pretrained(p.tokenizer)
+            except Exception as e:  # noqa: BLE001 - one clear line instead of a transformers traceback
+                raise LrtError(f"prompt.tokenizer {p.tokenizer!r}: cannot load a tokenizer ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:300]}); give a directory with tokenizer.json") from None
             budget = p.max_passage_tokens or template.max_passage_tokens
             truncate = lambda text: truncate_tokens(tok, text, budget)  # noqa: E731
         return OpenAITeacher(base_url=t.base_url, model=t.model, template=template, api_key_env=t.api_key_env,

@@ -481,6 +481,7 @@ class Trainer:
                     log.warning("%s was written by %s processes, this run has %s: loading it through a DeepSpeed "
                                 "universal checkpoint", path, saved_world, self.env.world)
                     src = ckpt.universal_checkpoint(path)
+                    ckpt.vet_pickles(src / "ds")  # it may be a leftover of an earlier resume: vet it too
                 src = Path(str(self.env.broadcast_object(str(src))))
                 self.engine._config.load_universal_checkpoint = True  # read by engine.load_checkpoint
             try:

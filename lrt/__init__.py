@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Reranker"]
+__all__ = ["__version__", "Reranker", "Recipe", "load_recipe", "train"]
 
 
 def __getattr__(name: str):  # lazy: keep `import lrt` cheap
@@ -16,4 +16,12 @@ def __getattr__(name: str):  # lazy: keep `import lrt` cheap
         from lrt.rerank import Reranker
 
         return Reranker
+    if name in ("Recipe", "load_recipe"):
+        import lrt.config
+
+        return getattr(lrt.config, name)
+    if name == "train":  # the lrt.train package, callable: lrt.train(recipe) -> TrainResult
+        import importlib
+
+        return importlib.import_module("lrt.train")
     raise AttributeError(name)

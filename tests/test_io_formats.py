@@ -92,3 +92,21 @@ def test_streamed_corpus_memory_is_bounded_by_the_needed_docids(tmp_path):
         out[mode] = [int(x) for x in p.stdout.split()]
     assert out["subset"][0] == 100 and out["whole"][0] == 200_000
     assert out["subset"][1] < 25 and out["whole"][1] > 3 * max(out["subset"][1], 10), out
+
+
+def test_prep_trec_job_reads_a_beir_folder(tmp_path, monkeypatch):
+    """A job's source.topics/corpus/qrels may name a BEIR folder: its queries.jsonl, corpus.jsonl, qrels/test.tsv."""
+    import pyarrow.parquet as pq
+
+    from lrt.prep.job import load_job, run_shard
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "j.yaml").write_text(
+        f"name: beir\nsource: {{kind: trec, run: {BEIR}/bm25.trec, topics: {BEIR}, corpus: {BEIR}, qrels: {BEIR}}}\n"
+        "output: {dir: out, call_log: false}\ncache: {enabled: false}\n")
+    cfg = load_job(tmp_path / "j.yaml")
+    assert cfg.source.corpus.endswith("corpus.jsonl") and cfg.source.qrels.endswith("test.tsv")
+    run_shard(cfg)
+    rows = {r["qid"]: r for r in pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()}
+    assert set(rows) == {"1", "3", "5"} and rows["1"]["query"].startswith("0-dimensional")
+    assert {q["docid"]: q["relevance"] for q in rows["1"]["qrels"]} == {"31715818": 1}

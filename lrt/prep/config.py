@@ -190,13 +190,25 @@ PATH_FIELDS: dict[str, str] = {
 }
 
 
-def _unpack_lrt(raw: dict) -> None:
-    """`lrt:resources/...` -> the file inside the installed package (importers take plain paths)."""
+BEIR_KINDS = {"corpus": "corpus", "topics": "queries", "queries": "queries", "qrels": "qrels"}
+
+
+def _unpack_lrt(raw: dict, problems: list[str]) -> None:
+    """`lrt:resources/...` -> the file inside the installed package (importers take plain paths); a BEIR
+    folder given as source.corpus/topics/queries/qrels -> its corpus.jsonl / queries.jsonl / qrels/test.tsv."""
+    from lrt.errors import DataError
+    from lrt.io.trec import beir_file
+
     for dotted in PATH_FIELDS:
         sec, _, key = dotted.partition(".")
         node = raw.get(sec)
         if isinstance(node, dict) and isinstance(node.get(key), str):
             node[key] = configio.resolve_path(node[key])
+            if sec == "source" and key in BEIR_KINDS and Path(node[key]).is_dir():
+                try:
+                    node[key] = str(beir_file(node[key], BEIR_KINDS[key]))
+                except DataError as e:
+                    problems.append(f"{dotted}: {e}")
 
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobCfg:
@@ -204,7 +216,7 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
     data = configio.read_mapping(path, "job", "name, source, teacher, labels, prompt, output")
     configio.anchor_fields(data, PATH_FIELDS, Path(os.path.dirname(os.path.abspath(str(path)))))
     problems = configio.apply_overrides(data, overrides, "teacher.model=gpt-4o", None, PATH_FIELDS)
-    _unpack_lrt(data)
+    _unpack_lrt(data, problems)
     cfg = configio.validate(JobCfg, data, str(path), problems, TAGS)
     problems = cross_checks(cfg)
     if problems:

@@ -34,6 +34,7 @@ def test_grouped_sampler_keeps_epoch_coverage_and_world_invariance(per_device, a
     assert fresh.step_indices(spe + 3) == s.step_indices(spe + 3)
     # micro-batches hold similar lengths: padding drops
     assert s.padding_fraction(grouped=True) < 0.5 * s.padding_fraction(grouped=False)
+    assert s.grouped and not StepSampler(n, per_device, accum, world, seed=7, lengths=lens).grouped
 
 
 def test_ungrouped_sampler_is_unchanged():
@@ -43,7 +44,18 @@ def test_ungrouped_sampler_is_unchanged():
     s = StepSampler(100, 2, 2, 1, seed=3, lengths=_lengths(100), group=False)
     g = torch.Generator().manual_seed(3 * 1_000_003 + 0)
     assert s.step_indices(2) == torch.randperm(100, generator=g)[8:12].tolist()
-    assert StepSampler(100, 1, 4, 1, seed=3, lengths=_lengths(100), group=True).step_indices(2) == s.step_indices(2)
+
+
+def test_grouped_step_holds_the_same_lists_however_the_global_batch_is_split():
+    """4 x 1, 2 x 2, 1 x 4 and 2 processes x 1 x 2: the same lists per step (so the exactly normalised
+    loss is the same), each step's lists sorted longest first."""
+    lens = _lengths(400, seed=1)
+    splits = [(4, 1, 1), (2, 2, 1), (1, 4, 1), (1, 2, 2)]
+    ss = [StepSampler(400, pd, a, w, seed=5, lengths=lens, group=True, group_steps=10) for pd, a, w in splits]
+    for step in (0, 7, 99, 100, 150):
+        ref = ss[0].step_indices(step)
+        assert all(x.step_indices(step) == ref for x in ss[1:])
+        assert list(lens[ref]) == sorted(lens[ref], reverse=True)
 
 
 def test_trainer_groups_by_default_above_batch_1_and_reports_padding(tiny_model_dir, tmp_path):

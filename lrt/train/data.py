@@ -83,12 +83,12 @@ class StepSampler:
     run with W processes and A accumulation steps sees the same global batches as 1 process with
     W*A accumulation steps, and resuming needs nothing but the step number.
 
-    Length grouping (`lengths` given): the permutation is cut into chunks of `group_steps` global
-    batches; inside a chunk the lists are sorted by length, cut into micro-batches of `per_device`,
-    and those micro-batches are shuffled (seeded) and dealt to the chunk's steps. Micro-batches then
-    hold lists of similar length (little padding), and both invariances above still hold: what a step
-    contains depends on the step number, the global batch and `per_device` only, never on the rank
-    or world size.
+    Length grouping (`group`): the permutation is cut into chunks of `group_steps` global batches;
+    inside a chunk the lists are sorted by length (longest first), cut into global batches, and those
+    are shuffled (seeded) over the chunk's steps. A step then holds lists of similar length, in sorted
+    order, so its micro-batches pad little. The invariances above still hold, and one more: which
+    lists a step holds depends on the step number and the global batch only, not on how it is split
+    into per-device batches, accumulation steps and ranks.
     """
 
     n_examples: int
@@ -111,7 +111,7 @@ class StepSampler:
 
     @property
     def grouped(self) -> bool:
-        return self.group and self.lengths is not None and self.per_device > 1
+        return self.group and self.lengths is not None
 
     def epoch_batches(self, epoch: int, grouped: bool | None = None) -> np.ndarray:
         """[steps_per_epoch, global_batch] example indices of every step of an epoch."""
@@ -128,10 +128,10 @@ class StepSampler:
         perm = torch.randperm(self.n_examples, generator=g).numpy()[: spe * G]
         if grouped:
             assert self.lengths is not None
-            pd, out = self.per_device, []
+            out = []
             for c0 in range(0, spe, self.group_steps):
                 chunk = perm[c0 * G: min(c0 + self.group_steps, spe) * G]
-                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")].reshape(-1, pd)
+                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")].reshape(-1, G)
                 order = torch.randperm(len(chunk), generator=g).numpy()
                 out.append(chunk[order].reshape(-1))
             perm = np.concatenate(out)

@@ -537,12 +537,12 @@ class Trainer:
             rec = self.train_step()
             rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
             history.append(rec)
+            self._check_finite(rec)  # train.on_nonfinite: stop before anything is saved, or go on (skipped)
             self.metrics.add_step(rec)
             if self.step % r.train.log_every == 0 or self.step == self.total_steps:
                 mean = self.metrics.flush_steps()  # the mean over the interval, not one sampled step
                 if mean is not None:
-                    bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-            self._check_finite(rec)  # train.on_nonfinite: stop before anything is saved, or go on (skipped)
+                    bar.set_postfix(loss=f"{mean.get('loss', math.nan):.4f}", lr=f"{rec['lr']:.2e}")
             ckpt.fault("after_step", self.step)
             bar.update(1)
             if r.eval.every and self.step % r.eval.every == 0 and self.step != self.total_steps:
@@ -585,7 +585,8 @@ class Trainer:
             if self.env.is_main:
                 log.warning("step %d: non-finite %s: update skipped (train.on_nonfinite=skip)", self.step, what)
             return
-        self.metrics.flush_steps()  # the diverged step is in metrics.jsonl (as null)
+        self.metrics.flush_steps()  # the steps before it, then the diverged step itself (NaN -> null)
+        self.metrics.log(rec)
         self._release_signals()
         prev = ckpt.complete_checkpoints(self.ckpt_root)
         raise LrtError(

@@ -30,7 +30,7 @@ from typing import Any
 from lrt.data.schema import Candidate
 from lrt.errors import DataError, LrtError
 from lrt.io.atomic import atomic_write
-from lrt.io.trec import read_corpus, read_run, read_topics
+from lrt.io.trec import read_corpus_subset, read_run, read_topics
 from lrt.rerank import BACKENDS, MODES, Query
 
 ARGV_ENV = "LRT_RERANK_ARGV"
@@ -96,7 +96,7 @@ def plan_inputs(run_path: str, topics_path: str, corpus_path: str, top_k: int, o
     """Join run, topics and corpus; raise one DataError listing what is missing, or count skips."""
     run, topics = read_run(run_path), read_topics(topics_path)
     needed = {d for docs in run.values() for d, _ in docs[:top_k]}
-    corpus = _read_needed_corpus(corpus_path, needed)
+    corpus = read_corpus_subset(corpus_path, needed)  # streamed: only the docids the run needs are kept
     missing_q = [q for q in run if q not in topics]
     missing_d = sorted({d for q, docs in run.items() for d, _ in docs[:top_k] if d not in corpus})
     if on_missing == "error" and (missing_q or missing_d):
@@ -124,16 +124,6 @@ def plan_inputs(run_path: str, topics_path: str, corpus_path: str, top_k: int, o
         for d in head:
             plan.docs[d] = {k: v for k, v in corpus[d].items() if k in ("text", "title") and v is not None}
     return plan
-
-
-def _read_needed_corpus(path: str, needed: set[str]) -> dict[str, dict[str, Any]]:
-    """The corpus entries the run needs; streamed (only needed docids kept) when `lrt.io` offers it."""
-    try:
-        from lrt.io.trec import read_corpus_subset  # type: ignore[attr-defined]
-    except ImportError:
-        corpus = read_corpus(path)
-        return {d: corpus[d] for d in needed if d in corpus}
-    return read_corpus_subset(path, needed)
 
 
 def plan_requests(path: str, top_k: int) -> Plan:

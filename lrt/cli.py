@@ -87,8 +87,12 @@ def _train(argv: list[str]) -> int:
 
     res = train(recipe)
     if res.eval_history and int(os.environ.get("RANK", "0")) == 0:
+        from lrt.train.loop import headline_key
+
         last = res.eval_history[-1]
-        print(f"eval nDCG@10 {last['eval/nDCG@10']:.4f} (initial order {last['eval/initial_nDCG@10']:.4f})")
+        key = headline_key(last)  # eval/nDCG@10 (full qrels) or eval/nDCG@10_candidates / _teacher
+        init = key.replace("eval/nDCG@10", "eval/initial_nDCG@10")
+        print(f"{key} {last[key]:.4f} (initial order {last[init]:.4f})")
     if res.final_dir and int(os.environ.get("RANK", "0")) == 0:
         print(f"exported: {res.final_dir}")
     return 0

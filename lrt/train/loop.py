@@ -257,7 +257,6 @@ class Trainer:
     def evaluate(self) -> dict[str, Any] | None:
         if not self.eval_examples or self.id_ids is None:
             return None
-        from lrt.evaluate import ndcg_at_k
         from lrt.rerank import Reranker
 
         r = self.r
@@ -278,10 +277,13 @@ class Trainer:
         allr: dict[str, list[str]] = {}
         for part in self.env.gather_objects({q: [d for d, _ in v] for q, v in ranked.items()}):
             allr.update(part)  # type: ignore[arg-type]
-        qrels = eval_qrels(self.eval_examples)
+        if getattr(self, "_judged", None) is None:  # read once (eval.qrels may be a large file)
+            self._judged = eval_judgements(self.eval_examples, r.eval.qrels)
+        qrels, kind = self._judged
         initial = {e.qid: [c.docid for c in e.candidates] for e in self.eval_examples}
-        res = {"step": self.step, "eval/nDCG@10": ndcg_at_k(allr, qrels, 10),
-               "eval/initial_nDCG@10": ndcg_at_k(initial, qrels, 10), "eval/queries": len(allr)}
+        key, init_key = metric_keys(kind)
+        res = {"step": self.step, key: eval_ndcg(allr, qrels, kind), init_key: eval_ndcg(initial, qrels, kind),
+               "eval/queries": sum(q in qrels for q in allr)}
         self.last_rankings = allr
         return res
 
@@ -625,13 +627,14 @@ class Trainer:
             return
         self.eval_history.append(res)
         self.metrics.log(res)
-        if self.r.eval.select_best and (self.best is None or res["eval/nDCG@10"] > self.best["eval/nDCG@10"]):
+        key = headline_key(res)  # trec_eval nDCG@10 with full qrels, else the candidates'/teacher's
+        if self.r.eval.select_best and (self.best is None or res[key] > self.best.get(key, -math.inf)):
             self.best = dict(res)
             if self.r.train.save_every:
                 self.best["checkpoint"] = ckpt.step_dir(self.ckpt_root, self.step).name
                 if self._saved_step != self.step:
                     self.save_checkpoint()
-        self._report_eval(res, "eval/nDCG@10")
+        self._report_eval(res, key)
 
     # ---- console, plots ---------------------------------------------------------------------
     def print_summary(self) -> dict[str, Any]:
@@ -671,9 +674,69 @@ class Trainer:
         emit(format_eval(res, best))
         write_run_plots(self.out, kinds=("overview",))
 
+# What in-training nDCG@10 is computed against, and the metric name it is logged under:
+# "qrels": every judged document (eval.qrels or the rows' `qrels`): exactly trec_eval's nDCG@10;
+# "candidates": only the candidates' grades (the ideal DCG ignores judged documents outside the list,
+# so it reads higher than trec_eval: DL19 BM25 0.5456 vs 0.5058); "teacher": gains from teacher ranks.
+METRIC_SUFFIX = {"qrels": "", "candidates": "_candidates", "teacher": "_teacher"}
+
+
+def metric_keys(kind: str) -> tuple[str, str]:
+    """(model key, initial-order key) for judgements of `kind`, e.g. eval/nDCG@10_candidates."""
+    sfx = METRIC_SUFFIX[kind]
+    return f"eval/nDCG@10{sfx}", f"eval/initial_nDCG@10{sfx}"
+
+
+def headline_key(rec: dict[str, Any]) -> str:
+    """The nDCG@10 key an evaluation record carries (what select_best, the CLI and cards report)."""
+    for kind in METRIC_SUFFIX:
+        if metric_keys(kind)[0] in rec:
+            return metric_keys(kind)[0]
+    raise KeyError(f"no eval/nDCG@10* key in {sorted(rec)}")
+
+
+def eval_judgements(examples: list[ListwiseExample], qrels_file: str | None = None
+                    ) -> tuple[dict[str, dict[str, float]], str]:
+    """(qrels, kind): a TREC qrels file, else every row's full `qrels`, else the candidates' grades
+    or teacher-rank gains (see METRIC_SUFFIX)."""
+    if qrels_file:
+        from lrt.config import resolve_path
+        from lrt.io.trec import read_qrels
+
+        judged = read_qrels(resolve_path(qrels_file))
+        qids = {e.qid for e in examples}
+        missing = len(qids - set(judged))
+        if missing == len(qids):
+            raise LrtError(f"eval.qrels {qrels_file}: none of the {len(qids)} eval query ids is judged there "
+                           f"(eval e.g. {sorted(qids)[:3]}, qrels e.g. {list(judged)[:3]}); pair the right files")
+        if missing:
+            log.warning("eval.qrels %s: %d of %d eval queries have no judgements and are left out (as trec_eval)",
+                        qrels_file, missing, len(qids))
+        return {q: {d: float(g) for d, g in judged[q].items()} for q in qids if q in judged}, "qrels"
+    with_qrels = sum(e.qrels is not None for e in examples)
+    if with_qrels == len(examples):
+        return {e.qid: {d: float(g) for d, g in e.qrels.items()} for e in examples}, "qrels"  # type: ignore[union-attr]
+    if with_qrels:
+        log.warning("only %d of %d eval rows carry full `qrels`: evaluating all of them against the candidates' "
+                    "grades (eval/nDCG@10_candidates); give eval.qrels for trec_eval's nDCG@10", with_qrels,
+                    len(examples))
+    kind = "candidates" if all(e.relevance is not None for e in examples) else "teacher"
+    return eval_qrels(examples), kind
+
+
+def eval_ndcg(rankings: dict[str, list[str]], qrels: dict[str, dict[str, float]], kind: str) -> float:
+    """nDCG@10 over rankings ∩ qrels: ir_measures/pytrec_eval (trec_eval itself) on full integer
+    qrels; the exact float-grade implementation otherwise (synthetic grades need not be integers)."""
+    from lrt.evaluate import evaluate, ndcg_at_k
+
+    if kind == "qrels":
+        return evaluate(qrels, rankings, ["nDCG@10"])["nDCG@10"]
+    return ndcg_at_k(rankings, qrels, 10)
+
+
 
 def eval_qrels(examples: list[ListwiseExample]) -> dict[str, dict[str, float]]:
-    """Graded relevance when the data has it; otherwise teacher-rank gains (documented in README)."""
+    """Graded relevance of the candidates when the data has it; otherwise teacher-rank gains."""
     out: dict[str, dict[str, float]] = {}
     for e in examples:
         if e.relevance is not None:

@@ -674,6 +674,7 @@ class Trainer:
         emit(format_eval(res, best))
         write_run_plots(self.out, kinds=("overview",))
 
+
 # What in-training nDCG@10 is computed against, and the metric name it is logged under:
 # "qrels": every judged document (eval.qrels or the rows' `qrels`): exactly trec_eval's nDCG@10;
 # "candidates": only the candidates' grades (the ideal DCG ignores judged documents outside the list,
@@ -732,7 +733,6 @@ def eval_ndcg(rankings: dict[str, list[str]], qrels: dict[str, dict[str, float]]
     if kind == "qrels":
         return evaluate(qrels, rankings, ["nDCG@10"])["nDCG@10"]
     return ndcg_at_k(rankings, qrels, 10)
-
 
 
 def eval_qrels(examples: list[ListwiseExample]) -> dict[str, dict[str, float]]:

@@ -251,6 +251,7 @@ def test_sigkill_at_random_points_repeats_no_answered_call(tmp_path):
     assert not set(starts) & answered  # zero repeated calls for answered windows, after 5 kills
     calls.update(starts)
     repeats = sum(n - 1 for n in calls.values())
+    print(f"5 kills: {sum(calls.values())} teacher calls for {len(calls)} windows, {repeats} in flight at a kill")
     assert len(calls) == total and repeats <= len(thresholds)  # only a window in flight at a kill (1 per kill)
     # identical output to an uninterrupted run
     ref = subprocess.run([*cmd[:2], str(scores_job(d, tmp_path / "ref"))], cwd=REPO,

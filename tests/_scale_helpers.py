@@ -45,14 +45,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p
 
 
-def run_until_fault(cmd: list[str], fault: str, marker: Path | None = None, timeout: float = 300, **env: str) -> str:
+def run_until_fault(cmd: list[str], fault: str, marker: Path | None = None, timeout: float = 900, **env: str) -> str:
     """Start `cmd` with LRT_FAULT=fault ("pause:POINT:STEP"), wait until rank 0 reports the pause,
     then SIGKILL the launcher and every rank, like a node dying."""
     p = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(LRT_FAULT=fault, **env), stdout=subprocess.PIPE,

@@ -498,8 +498,8 @@ class Trainer:
                 raise ckpt.CheckpointError(f"the loaded weights hold NaN/Inf values in {bad[:3]}")
         else:
             if saved_world != self.env.world:
-                log.warning("resuming a %s-process checkpoint on %s processes: the global batch changes", saved_world,
-                            self.env.world)
+                log.warning("resuming a %s-process checkpoint on %s processes (same global batch, checked above)",
+                            saved_world, self.env.world)
             from safetensors.torch import load_file
 
             ckpt.load_trainable_state(self.module.model, load_file(str(path / "trainable.safetensors")))

@@ -1,11 +1,11 @@
 """A teacher behind any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, TGI, ...).
 
-Standard library only (urllib + threads): a data-prep box needs no SDK, and the retry policy is
-ours to test. Requests run concurrently up to `concurrency`; 429, 5xx, timeouts and dropped
-connections are retried with exponential backoff (honouring `Retry-After`); each answer is handed
-to `on_response` the moment it arrives so the cache commits it before anything else can fail.
-The API key is read from the environment variable *named* in the job and lives only in this
-object's request headers: it is never part of the cache key, the card, the call log or messages.
+HTTP, retries with backoff and concurrency live in the shared `lrt.io.openai_client`; each answer
+is handed to `on_response` the moment it arrives so the cache commits it before anything else can
+fail. The API key is read from the environment variable *named* in the job and lives only in the
+client's request headers: never in the cache key, the card, the call log or messages. A server
+that echoes the request cannot leak it either: error bodies and answers are redacted of the key
+and of any `Bearer` token before they are stored or printed, and `user:password@` is cut from URLs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from lrt.io.openai_client import REDACTED, OpenAIClient, redact  # noqa: F401 - 
 from lrt.io.openai_client import public_url as _public_url
 from lrt.prep.teachers import (OnResponse, WindowRequest, WindowResponse, prepare_passages, response_from_raw,
                                stable_hash)
-
 
 
 def check_base_url(url: str) -> None:

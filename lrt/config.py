@@ -72,7 +72,8 @@ class DataConfig(Strict):
 
 
 class PromptConfig(Strict):
-    preset: Literal["first_alpha", "rank_llm", "rank_llm_numeric", "rankgpt_numeric", "compact"] = "first_alpha"
+    preset: Literal["first_alpha", "rank_llm", "rank_llm_numeric", "rankgpt_numeric", "compact",
+                    "qwen3_reranker"] = "first_alpha"  # qwen3_reranker: pointwise (scoring.mode=pointwise)
     system: str | None = None
     prefix: str | None = None
     suffix: str | None = None
@@ -82,6 +83,18 @@ class PromptConfig(Strict):
     chat_template: Literal["auto", "none"] = "auto"
     system_in_user: bool = False
     bos: Literal["auto", "always", "never"] = "auto"  # auto: BOS iff the tokenizer adds one and the template has none
+
+
+class ScoringConfig(Strict):
+    """How a list is scored: `first_token` (one listwise prompt, identifier logits) or `pointwise`
+    (one sequence per candidate, logit(yes) - logit(no); lrt.data.pointwise)."""
+
+    mode: Literal["first_token", "pointwise"] = "first_token"
+    negatives: int | None = Field(None, ge=1, description="pointwise: train on the teacher's top-1 + this many others "
+                                                          "per list, drawn per step (None: every candidate)")
+    pair_batch: int | None = Field(None, gt=0, description="pointwise: pairs per forward (activation-checkpointed "
+                                                           "chunks of a micro-batch's groups); None: all at once")
+    instruction: str | None = None  # pointwise: the template's {instruction} (preset default otherwise)
 
 
 class LossTerm(Strict):
@@ -151,6 +164,7 @@ class Recipe(Strict):
     model: ModelConfig
     data: DataConfig
     prompt: PromptConfig = PromptConfig()
+    scoring: ScoringConfig = ScoringConfig()
     loss: list[LossTerm] = Field(default_factory=_default_loss)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -168,7 +182,11 @@ class Recipe(Strict):
     def identifier_scheme(self) -> str:
         from lrt.data.prompts import PRESETS
 
-        return self.prompt.identifiers or PRESETS[self.prompt.preset]["identifiers"]
+        return self.prompt.identifiers or PRESETS.get(self.prompt.preset, {}).get("identifiers", "alpha")
+
+    @property
+    def pointwise(self) -> bool:
+        return self.scoring.mode == "pointwise"
 
     def ranking_terms(self) -> list[LossTerm]:
         return [t for t in self.loss if t.name != "lm"]
@@ -189,6 +207,7 @@ def cross_field_problems(r: Recipe) -> list[str]:
         out.append("model.lora with model.init=from_config would train adapters on a random frozen base: use init=pretrained")
     if r.model.quantization and r.train.deepspeed:
         out.append("model.quantization with train.deepspeed is not supported: use one GPU with QLoRA, or LoRA under ZeRO")
+    out.extend(_pointwise_problems(r))
     if not r.loss:
         out.append("loss: needs at least one term, e.g. [{name: lm}]")
     names = [t.name for t in r.loss]
@@ -210,6 +229,25 @@ def cross_field_problems(r: Recipe) -> list[str]:
         out.append(f"output_dir: {r.output_dir!r} is a file, not a directory; choose a directory path")
     if r.train.optimizer == "adamw8bit" and r.train.deepspeed:
         out.append("train.optimizer=adamw8bit is not used under DeepSpeed (it builds its own optimizer)")
+    return out
+
+
+def _pointwise_problems(r: Recipe) -> list[str]:
+    from lrt.data.pointwise import POINTWISE_PRESETS
+
+    if not r.pointwise:
+        if r.prompt.preset in POINTWISE_PRESETS:
+            return [f"prompt.preset={r.prompt.preset} is a pointwise template: set scoring.mode=pointwise"]
+        return []
+    out = []
+    if r.prompt.preset not in POINTWISE_PRESETS:
+        out.append(f"scoring.mode=pointwise needs a pointwise prompt.preset ({', '.join(sorted(POINTWISE_PRESETS))})")
+    bad = [t.name for t in r.loss if t.name in ("lm", "lipo_lambda")]
+    if bad:
+        out.append(f"scoring.mode=pointwise scores pairs, it has no listwise target: remove loss terms {bad} "
+                   "(use softmax_ce, bce, ranknet, ...)")
+    if r.train.deepspeed:
+        out.append("scoring.mode=pointwise is not supported under train.deepspeed yet: use DDP (torchrun)")
     return out
 
 

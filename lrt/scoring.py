@@ -92,3 +92,53 @@ def target_nll(
 
     h = gather_target_hidden(hidden, batch["lm_flat_pos"])
     return chunked_lm_nll(h, weight, batch["lm_targets"], chunk_size=chunk_size, bias=bias)
+
+
+def yes_no_scores(hidden: torch.Tensor, last_pos: torch.Tensor, weight: torch.Tensor, yes_id: int, no_id: int,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Pointwise scores [P] = logit(yes) - logit(no) at each pair's last token, fp32, from the two
+    LM-head rows only: h . (W[yes] - W[no]) (+ b[yes] - b[no])."""
+    P = hidden.shape[0]
+    with full_precision(hidden):
+        h = hidden[torch.arange(P, device=hidden.device), last_pos].float()  # [P, H]
+        logits = h @ weight[[yes_id, no_id]].float().T  # [P, 2]
+        if bias is not None:
+            logits = logits + bias[[yes_id, no_id]].float()
+    return logits[:, 0] - logits[:, 1]
+
+
+def pointwise_scores(model: nn.Module, batch: dict[str, torch.Tensor], yes_id: int, no_id: int,
+                     pair_batch: int | None = None) -> torch.Tensor:
+    """Scores [P] of the flat pairs of `batch` (lrt.data.pointwise.pad_pairs), `pair_batch` pairs
+    per forward. Each chunk is trimmed to its own non-pad columns; with gradients on and more than
+    one chunk, each chunk's forward runs under activation checkpointing, so a group of N pairs
+    holds one chunk's activations at a time (memory ~ pair_batch x seq, not N x seq)."""
+    decoder, head = decoder_and_head(model)
+    bias = getattr(head, "bias", None)
+    P = batch["input_ids"].shape[0]
+    step = pair_batch or P
+
+    def chunk(ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        h = hidden_states(decoder, {"input_ids": ids, "attention_mask": attn, "position_ids": pos})
+        return yes_no_scores(h, last, head.weight, yes_id, no_id, bias)
+
+    out = []
+    for a in range(0, P, step):
+        attn = batch["attention_mask"][a:a + step]
+        cols = attn.any(0).nonzero()
+        lo, hi = int(cols.min()), int(cols.max()) + 1
+        args = (batch["input_ids"][a:a + step, lo:hi], attn[:, lo:hi], batch["position_ids"][a:a + step, lo:hi],
+                batch["last_pos"][a:a + step] - lo)
+        if torch.is_grad_enabled() and P > step:
+            from torch.utils.checkpoint import checkpoint
+
+            out.append(checkpoint(chunk, *args, use_reentrant=False))
+        else:
+            out.append(chunk(*args))
+    return torch.cat(out)
+
+
+def group_scores(flat: torch.Tensor, pair_index: torch.Tensor) -> torch.Tensor:
+    """[P] pair scores -> [B, N] group scores (padding slots 0; the losses mask them by rank 0)."""
+    s = flat[pair_index.clamp_min(0)]
+    return torch.where(pair_index >= 0, s, torch.zeros_like(s))

@@ -9,7 +9,7 @@ import torch
 import lrt.losses as L
 from lrt.losses import RANKING_LOSSES, get_ranking_loss, loss_params
 
-EXPECTED = {"ranknet", "lambdaloss", "listnet", "listmle", "approxndcg", "softmax_ce", "lipo_lambda"}
+EXPECTED = {"ranknet", "lambdaloss", "listnet", "listmle", "approxndcg", "softmax_ce", "lipo_lambda", "bce"}
 
 PARAMS = {
     "ranknet": {"weighting": "label_diff", "reduction_pairs": "weights", "sigma": 2.0},
@@ -19,6 +19,7 @@ PARAMS = {
     "approxndcg": {"temperature": 0.1, "gain": "exp_safe"},
     "softmax_ce": {},
     "lipo_lambda": {"gain": "linear"},
+    "bce": {"use_relevance": False, "top_k": 2},
 }
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lrt.losses._common import PARAM_CHOICES, check_param
+from lrt.losses.pointwise import bce
 from lrt.losses.ranking import approxndcg, lambdaloss, lipo_lambda, listmle, listnet, ranknet, softmax_ce
 
 RankingLoss = Callable[..., Tensor]
@@ -28,6 +29,7 @@ RANKING_LOSSES: dict[str, RankingLoss] = {
     "approxndcg": approxndcg,
     "softmax_ce": softmax_ce,
     "lipo_lambda": lipo_lambda,
+    "bce": bce,  # pointwise: BCE against graded relevance (or the teacher's top-k)
 }
 
 

@@ -35,6 +35,12 @@ def save_meta(out: Path, r: Recipe, tok: Any = None) -> None:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(out))
+    if r.pointwise:  # one sequence per pair: no window; the pointwise template and the mode are recorded
+        from lrt.train.pointwise import pointwise_template
+
+        RerankerMeta(template=pointwise_template(r).to_dict(), window=r.eval.batch_size, stride=1,
+                     max_length=r.data.max_length, bos="none", mode="pointwise").save(out)
+        return
     w = r.eval.window or r.data.window or 20
     template = prompt_template(r)
     bos = bos_outcome(tok, template)  # what training did, pinned so serving does the same

@@ -91,9 +91,10 @@ class RerankerMeta:
     # so the Reranker (HF or openai backend) adds BOS exactly as training did.
     bos: str | None = None
     rank_llm: str | None = None  # how rank_llm serves this model with the same prompt (rank_llm presets)
+    mode: str = "first_token"  # "pointwise": template is a PointwiseTemplate (lrt.data.pointwise); window unused
 
     def __post_init__(self) -> None:
-        if self.bos is not None and isinstance(self.template, dict):
+        if self.bos is not None and isinstance(self.template, dict) and self.mode != "pointwise":
             self.template = {**self.template, "bos": "always" if self.bos == "prepended" else "never"}
 
     def save(self, out_dir: str | Path) -> None:

@@ -83,6 +83,12 @@ def pair_text(t: PointwiseTemplate, query: str, passage: str) -> str:
 
 def encode_pair(tokenizer: Any, t: PointwiseTemplate, query: str, passage: str, max_length: int) -> list[int]:
     """prefix ids + body ids (cut to fit) + suffix ids: the last token is always the suffix's last."""
+    return encode_pair_cut(tokenizer, t, query, passage, max_length)[0]
+
+
+def encode_pair_cut(tokenizer: Any, t: PointwiseTemplate, query: str, passage: str,
+                    max_length: int) -> tuple[list[int], bool]:
+    """`encode_pair` and whether the body was cut to fit `max_length`."""
     enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     pre, suf = enc(t.prefix), enc(t.suffix)
     doc = truncate_tokens(tokenizer, passage, t.max_passage_tokens)  # no escaping: the published template has none
@@ -91,7 +97,7 @@ def encode_pair(tokenizer: Any, t: PointwiseTemplate, query: str, passage: str, 
     if room < 1:
         raise LrtError(f"data.max_length={max_length} leaves no room for the pair body after the template's "
                        f"{len(pre) + len(suf)} tokens: raise data.max_length")
-    return pre + body[:room] + suf
+    return pre + body[:room] + suf, len(body) > room
 
 
 def encode_group(tokenizer: Any, t: PointwiseTemplate, ex: ListwiseExample, max_length: int,
@@ -103,10 +109,18 @@ def encode_group(tokenizer: Any, t: PointwiseTemplate, ex: ListwiseExample, max_
     ranks = [0] * len(cands)
     for r, i in enumerate(order, 1):
         ranks[i] = r
-    pairs = [encode_pair(tokenizer, t, ex.query, passage_text(c.text, c.title), max_length) for c in cands]
+    enc = [encode_pair_cut(tokenizer, t, ex.query, passage_text(c.text, c.title), max_length) for c in cands]
+    pairs = [ids for ids, _ in enc]
     rel = list(ex.relevance[: len(cands)]) if ex.relevance is not None else None
     return {"pairs": pairs, "ranks": ranks, "relevance": rel, "index": index,
-            "length": sum(len(p) for p in pairs)}
+            "length": sum(len(p) for p in pairs), "truncated": any(cut for _, cut in enc)}
+
+
+class GroupRows(list):
+    """Encoded groups (in memory) with the `column` view the run summary reads."""
+
+    def column(self, name: str) -> list[Any]:
+        return [r[name] for r in self]
 
 
 def sample_group(row: dict[str, Any], negatives: int | None, seed: int, step: int) -> list[int]:

@@ -166,6 +166,11 @@ def batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, 
 
 
 # ---- micro-batch stream ---------------------------------------------------------------------------
+def collate_step(collate: Callable, items: list, step: int) -> dict[str, torch.Tensor]:
+    """Collate; a collator with `takes_step` (pointwise group sampling) is told the optimizer step."""
+    return collate(items, step=step) if getattr(collate, "takes_step", False) else collate(items)
+
+
 class _StepMicroBatches(torch.utils.data.Dataset):
     """Item k = micro-batch k % A of step start + k // A for this rank, collated. A pure function of
     k: DataLoader workers produce exactly what the inline path does, in order, and resuming at step s
@@ -181,7 +186,7 @@ class _StepMicroBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         step, m = divmod(k, self.sampler.grad_accum)
         idx = self.sampler.micro_batches(self.start + step, self.rank)[m]
-        return self.collate([self.rows[i] for i in idx])
+        return collate_step(self.collate, [self.rows[i] for i in idx], self.start + step)
 
 
 class MicroBatchStream:
@@ -205,7 +210,8 @@ class MicroBatchStream:
 
     def step(self, step: int) -> list[dict[str, torch.Tensor]]:
         if self.num_workers <= 0 or step >= self.total:
-            return [self.collate([self.rows[i] for i in idx]) for idx in self.sampler.micro_batches(step, self.rank)]
+            return [collate_step(self.collate, [self.rows[i] for i in idx], step)
+                    for idx in self.sampler.micro_batches(step, self.rank)]
         if self._it is None or step != self._next_step:
             self._open(step)  # first call, resume, or a step taken outside the stream
         assert self._it is not None

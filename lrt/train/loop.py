@@ -110,7 +110,12 @@ class Trainer:
         seed_everything(recipe.train.seed)
         self.objective = Objective.from_recipe(recipe)
         # training rows are read lazily from the tokenised cache (built by rank 0 while the others wait)
-        self.data = prepare_data(recipe, self.env, self.objective)
+        if recipe.pointwise:  # one sequence per candidate (lrt.train.pointwise)
+            from lrt.train.pointwise import prepare_pointwise_data
+
+            self.data = prepare_pointwise_data(recipe, self.env, self.objective)
+        else:
+            self.data = prepare_data(recipe, self.env, self.objective)
         self.template = self.data.template
         self.train_examples, self.eval_examples = self.data.train_examples, self.data.eval_examples
         self.tok, self.id_ids = self.data.tok, self.data.id_ids
@@ -119,6 +124,10 @@ class Trainer:
         self.rows = rows
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.collate = ListwiseCollator(pad, recipe.data.padding_side)
+        if recipe.pointwise:
+            from lrt.data.pointwise import PointwiseCollator
+
+            self.collate = PointwiseCollator(pad, recipe.data.padding_side, recipe.scoring.negatives, recipe.train.seed)
         group = recipe.data.group_by_length
         self.sampler = StepSampler(len(rows), recipe.train.per_device_batch_size, recipe.train.grad_accum,
                                    self.env.world, recipe.train.seed, lengths=self.data.lengths,
@@ -147,6 +156,12 @@ class Trainer:
             raise LrtError("ZeRO-3: the model did not load partitioned (HfDeepSpeedConfig was not active)")
         self.is_lora = recipe.model.lora is not None
         self.module = RerankModule(model, self.objective)
+        if recipe.pointwise:
+            from lrt.data.pointwise import yes_no_ids
+            from lrt.train.pointwise import PointwiseModule
+
+            self.module = PointwiseModule(model, self.objective, *yes_no_ids(self.tok, self.template),
+                                          recipe.scoring.pair_batch)
         self.ckpt_root = self.out / "checkpoints"
         self._setup_backend()
         self.set_train_mode()  # from_pretrained returns an eval-mode model

@@ -147,6 +147,11 @@ class Objective:
                 out[t.name] = t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")
         return out, scores
 
+    def score_numerators(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum-reduced ranking terms on given [B, N] scores (pointwise groups: no hidden states here)."""
+        return {t.name: t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")  # type: ignore[misc]
+                for t in self.terms if t.kind == "rank"}
+
     def combine(
         self, nums: dict[str, torch.Tensor], dens: dict[str, float], scale: float = 1.0
     ) -> torch.Tensor:

@@ -188,3 +188,17 @@ def test_examples_store_round_trips_every_field(tmp_path):
     lazy, meta = open_examples(tmp_path / "c", str(src), "train", "error", None, None)
     assert list(lazy) == load_examples(src)[0] and meta["rows"] == 6
     assert list(lazy[1:4]) == load_examples(src)[0][1:4] and list(lazy.n_candidates) == [4] * 6
+
+
+@pytest.mark.slow
+def test_bench_data_startup_reports_rss_and_time_per_rank(tmp_path, capsys):
+    """`lrt bench data --startup` runs the Trainer's data start-up in fresh ranks (first run, then from
+    the cache) and reports per-rank RSS growth and time; the numbers are measured, not asserted."""
+    from lrt.bench import main as bench_main
+
+    assert bench_main(["data", "--startup", "--lists", "6", "--words", "20", "--procs", "1", "--modes", "cached",
+                       "--workdir", str(tmp_path)]) == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [(r["path"], r["phase"], r["procs"]) for r in recs] == [("cached", "first", 1), ("cached", "cached", 1)]
+    assert all(r["lists"] == 6 and len(r["rss_growth_mb_per_rank"]) == 1 and r["seconds_max_rank"] > 0 for r in recs)
+    assert len(_dirs(tmp_path / "cache", "encoded")) == 1  # the second start reused the first one's store

@@ -389,6 +389,13 @@ class Trainer:
                 f"output_dir {self.out} already holds a run ({', '.join(used)}): continue it with train.resume=auto, "
                 "replace it with train.overwrite_output_dir=true, or choose another output_dir"
             )
+        if t.resume != "none":  # fail fast on an incompatible recipe (checked again once verified)
+            cands = ckpt.resume_candidates(self.out / "checkpoints", t.resume)
+            if cands:
+                try:
+                    self._check_recipe(cands[0])
+                except ckpt.CheckpointError:
+                    pass  # a corrupt newest checkpoint: verified, reported and skipped at load
         if t.on_nonfinite == "skip" and self.ds_cfg is not None:
             raise LrtError("train.on_nonfinite=skip is not supported with train.deepspeed (DeepSpeed applies the "
                            "update inside engine.step()): use train.on_nonfinite=stop")

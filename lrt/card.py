@@ -230,7 +230,7 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
              + (f" (LoRA r={r.model.lora.r}, merged)" if r.model.lora else "") + ".", "",
              f"**Reranking mode trained:** {mode_text} Rerank with `mode=\"{mode}\"`.", "",
              "## Which weights", "",
-             f"- exported from: {source}" + (f" (step {step})" if step is not None else ""),
+             f"- exported from: {source}" + (f" (step {step})" if step is not None and f"step {step})" not in source else ""),
              f"- why this step: {selection or 'the last step of training'}", ""]
     lines += ["## Evaluation", ""]
     if exported_eval is not None and headline(exported_eval)[0]:

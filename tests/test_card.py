@@ -141,3 +141,28 @@ def test_plain_transformers_snippet_ranks_like_lrt(best_run):
     rr = Reranker.from_pretrained(final)
     ranked = rr.rerank(query, [(f"d{i}", p) for i, p in enumerate(passages)])
     assert printed == [passages[int(d[1:])] for d, _ in ranked]
+
+
+def test_select_best_without_kept_checkpoint_says_so(tiny_model_dir, tiny_data, tmp_path, caplog):
+    """No train.save_every: the best step's weights were not kept; final/ is the last step and says why."""
+    from lrt.train.loop import train
+
+    rec = {
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"train": str(tiny_data / "train.jsonl"), "eval": str(tiny_data / "eval.jsonl"), "max_length": 512},
+        "prompt": {"preset": "compact", "max_passage_tokens": 24},
+        "train": {"max_steps": 4, "per_device_batch_size": 2, "grad_accum": 2, "lr": 1e-3, "warmup_steps": 1},
+        "eval": {"every": 2, "select_best": True}, "log": {"progress": False}, "output_dir": str(tmp_path / "run"),
+    }
+    with caplog.at_level("WARNING", logger="lrt"):
+        res = train(recipe_from_dict(rec, []))
+    key = "eval/nDCG@10_candidates"
+    best = max(res.eval_history, key=lambda e: e[key])
+    card = (tmp_path / "run/final/README.md").read_text()
+    if best["step"] == 4:  # the last step was the best: exported live, and the card says both
+        assert f"at step 4 (the last step)" in card
+    else:
+        assert "was not checkpointed" in caplog.text
+        assert (f"- why this step: the last step: the best evaluation (step {best['step']}) was not checkpointed "
+                "(eval.select_best needs train.save_every to keep it)") in card
+    assert "- exported from: end of training (step 4)\n" in card

@@ -315,3 +315,45 @@ def export_final(trainer: Any, out: Path) -> Path:
                  f", adapter in {adapter_dir}" if adapter_dir else "")
     trainer.env.barrier()
     return out
+
+
+def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -> Path:
+    """A pointwise export as a sequence classifier with ONE output: score.weight = W[yes] - W[no], so
+    `AutoModelForSequenceClassification` (sentence-transformers' CrossEncoder, vLLM's score API) gives
+    logit(yes) - logit(no) at the last non-pad token, the score lrt trained. The decoder is copied as
+    it is; the tokenizer goes along, and the pair template in `lrt_seq_cls.json` (no lrt_reranker.json:
+    this directory is not a causal LM, `lrt rerank` reads the pointwise export itself)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from lrt.data.pointwise import PointwiseTemplate, yes_no_ids
+    from lrt.rerank import load_export_tokenizer
+
+    src, out = Path(src), Path(out)
+    meta = RerankerMeta.load(src)
+    if meta.mode != "pointwise":
+        raise LrtError(f"{src}: a {meta.mode} export; --to-seq-cls converts pointwise (yes/no) models only")
+    tok = load_export_tokenizer(src)
+    yes, no = yes_no_ids(tok, PointwiseTemplate.from_dict(meta.template))
+    lm = AutoModelForCausalLM.from_pretrained(str(src), dtype=getattr(torch, dtype) if dtype else None)
+    head = lm.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise LrtError(f"{src}: the LM head has a bias; a one-row classifier without bias cannot carry it")
+    cfg = copy.deepcopy(lm.config)
+    cfg.num_labels, cfg.architectures, cfg.tie_word_embeddings = 1, None, False
+    cfg.id2label, cfg.label2id = {0: "yes_minus_no"}, {"yes_minus_no": 0}
+    if cfg.pad_token_id is None:  # the classifier reads the last non-pad token
+        cfg.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    seq = AutoModelForSequenceClassification.from_config(cfg, dtype=lm.dtype)
+    if not isinstance(getattr(seq, "score", None), nn.Linear):
+        raise LrtError(f"{type(seq).__name__} has no `score` head: --to-seq-cls supports decoder LMs such as Qwen, Llama")
+    getattr(seq, seq.base_model_prefix).load_state_dict(getattr(lm, lm.base_model_prefix).state_dict())
+    with torch.no_grad():
+        seq.score.weight.copy_((head.weight[yes] - head.weight[no])[None, :])
+    out.mkdir(parents=True, exist_ok=True)
+    seq.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    (out / "lrt_seq_cls.json").write_text(json.dumps({"source": str(src), "score": "logit(yes) - logit(no)",
+                                                      "template": meta.template}, indent=2), encoding="utf-8")
+    return out

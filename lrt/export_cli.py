@@ -27,8 +27,20 @@ def main(argv: list[str] | None = None) -> int:
                    "merging into a quantised base is refused")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the export to this Hub repo (org/name)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--to-seq-cls", action="store_true",
+                   help="convert a pointwise export (RUN_DIR/final) into a one-output sequence classifier "
+                   "(score row = W[yes] - W[no]) for sentence-transformers' CrossEncoder and vLLM's score API")
     a = p.parse_args(argv)
     src = Path(a.run_dir)
+    if a.to_seq_cls:
+        if a.out is None:
+            raise LrtError("--to-seq-cls needs --out DIR (where to write the sequence classifier)")
+        if not (src / "lrt_reranker.json").exists():
+            raise LrtError(f"{src}: no lrt_reranker.json; --to-seq-cls converts an export (e.g. RUN_DIR/final)")
+        from lrt.export import export_seq_cls
+
+        print(f"exported sequence classifier: {export_seq_cls(src, a.out, a.dtype)}")
+        return 0
     if (src / "lrt_reranker.json").exists() and not (src / "recipe.resolved.yaml").exists():
         if not a.push_to_hub:
             raise LrtError(f"{src} is already an export; give a run directory, or --push-to-hub REPO to upload it")

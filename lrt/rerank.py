@@ -56,8 +56,9 @@ from lrt.scoring import decoder_and_head, hidden_states, identifier_scores, unwr
 log = logging.getLogger("lrt")
 
 META_FILE = "lrt_reranker.json"
-Mode = Literal["first_token", "full", "generate"]
-MODES: tuple[str, ...] = ("first_token", "full", "generate")
+Mode = Literal["first_token", "full", "generate", "pointwise"]
+# pointwise: one sequence per (query, passage), yes/no scores (lrt.rerank_pointwise.PointwiseReranker)
+MODES: tuple[str, ...] = ("first_token", "full", "generate", "pointwise")
 BACKENDS: tuple[str, ...] = ("hf", "openai")
 SCORE_STEP = 1e-3  # the margin of the running-minimum rule that makes final scores strictly decreasing
 Query = tuple[str, str, Sequence[Candidate]]  # (qid, query text, candidates in first-stage order)
@@ -203,6 +204,9 @@ class Reranker:
         if batch_size < 1:
             raise LrtError(f"batch_size must be >= 1 (got {batch_size})")
         _check_mode(mode)
+        if mode == "pointwise":
+            raise LrtError("mode pointwise reranks with lrt.rerank_pointwise.PointwiseReranker (Reranker.from_pretrained "
+                           "of a pointwise export returns one)")
         self.model, self.tok, self.template = model, tokenizer, template
         self.window, self.stride, self.max_length, self.batch_size = window, stride, max_length, batch_size
         self.mode: Mode = mode
@@ -233,6 +237,13 @@ class Reranker:
         if not Path(path).is_dir():
             raise LrtError(f"{path}: not a directory; give an exported model (`lrt export` / RUN_DIR/final)")
         meta = RerankerMeta.load(path)
+        if (meta.mode == "pointwise") != (mode == "pointwise"):
+            raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json) cannot rerank in mode {mode}: "
+                           + ("use --mode pointwise" if meta.mode == "pointwise" else "use first_token, full or generate"))
+        if mode == "pointwise":
+            from lrt.rerank_pointwise import PointwiseReranker
+
+            return PointwiseReranker.from_pretrained(path, device=device, dtype=dtype, **overrides)  # type: ignore[return-value]
         try:
             template = PromptTemplate.from_dict(meta.template)
         except TypeError as e:
@@ -274,6 +285,9 @@ class Reranker:
             raise LrtError(f"{export}: not a directory; the openai backend needs the exported model directory "
                            "(--export DIR) for its tokenizer and lrt_reranker.json")
         meta = RerankerMeta.load(export)
+        if mode == "pointwise" or meta.mode == "pointwise":
+            raise LrtError("the openai backend does not serve pointwise models: serve the sequence-classifier export "
+                           "(`lrt export --to-seq-cls`) through vLLM's score API, or rerank with --backend hf")
         try:
             template = PromptTemplate.from_dict(meta.template)
         except TypeError as e:

@@ -43,8 +43,11 @@ def test_lrt_train_pointwise_end_to_end(pw_recipe, tmp_path, capsys):
     from lrt.rerank import RerankerMeta
 
     out = tmp_path / "run"
-    assert main(["train", str(pw_recipe), f"output_dir={out}"]) == 0
+    eval_file = Path(yaml.safe_load(pw_recipe.read_text())["data"]["train"]).parent / "eval.jsonl"
+    assert main(["train", str(pw_recipe), f"output_dir={out}", f"data.eval={eval_file}", "eval.at_end=true"]) == 0
     m = _metrics(out)
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "eval/nDCG@10" in x]
+    assert len(evals) == 1 and 0 < evals[0]["eval/nDCG@10_candidates"] <= 1 and evals[0]["eval/queries"] == 6
     assert [r["step"] for r in m] == [1, 2, 3, 4]
     assert all(r["lists"] == 2 and r["loss/softmax_ce"] > 0 and r["loss/bce"] > 0 for r in m)
     # 4 sampled candidates (top-1 + 3): the softmax CE of an untrained model is near log 4

@@ -270,7 +270,7 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any] | None:
-        if not self.eval_examples or self.id_ids is None:
+        if not self.eval_examples or (self.id_ids is None and not self.r.pointwise):
             return None
         from lrt.rerank import Reranker
 
@@ -280,8 +280,14 @@ class Trainer:
         model = unwrap(self.hf_model)
         if self.zero3:
             model = Zero3EvalView(model)
-        rr = Reranker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
-                      batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
+        if r.pointwise:  # one sequence per (query, candidate), eval.batch_size pairs per forward
+            from lrt.rerank_pointwise import PointwiseReranker
+
+            rr = PointwiseReranker(model, self.tok, self.template, max_length=r.data.max_length,  # type: ignore[assignment]
+                                   batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
+        else:
+            rr = Reranker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
+                          batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
         rr.progress_desc = "eval"  # the reranking progress bar's label
         # Every rank takes a slice of the queries and the results are gathered. Under ZeRO-3 each
         # forward is collective (parameters are all-gathered), so ranks must run identical forward

@@ -59,6 +59,10 @@ def headline(rec: dict[str, Any]) -> tuple[str | None, str]:
 def trained_mode(r: Recipe) -> tuple[str, str]:
     """(lrt.Reranker mode to use, one sentence on what the objective trained)."""
     scored = [t.name for t in r.loss if t.name != "lm"]  # every non-LM term scores first-token logits
+    if getattr(r, "pointwise", False):
+        return "pointwise", (f"pointwise yes/no scoring: each (query, passage) pair gets logit(yes) - logit(no) at "
+                             f"the answer position, trained with {', '.join(scored) or 'the LM loss'} over each "
+                             "list's pair scores.")
     lm = [t.name for t in r.loss if t.name == "lm"]
     if scored:
         s = (f"first-token scoring (FIRST-style): the logits of the first identifier token after `[` score every "
@@ -112,6 +116,13 @@ def usage(path: str, mode: str, meta: dict[str, Any]) -> list[str]:
            "                                                  (\"d2\", \"The lobster roll is a sandwich ...\")])",
            "print(ranked)  # [(docid, score), ...] best first", "```", "",
            f"or `lrt rerank --model {path} --run bm25.trec --queries topics.tsv --corpus corpus.jsonl --out reranked.trec`.", ""]
+    if mode == "pointwise":
+        return out + [
+            "### Plain transformers / sentence-transformers / vLLM",
+            f"`lrt export {path} --to-seq-cls --out DIR` writes a one-output `AutoModelForSequenceClassification` "
+            "(score row = W[yes] - W[no]) that sentence-transformers' `CrossEncoder` and vLLM's score API load; "
+            "render each pair with the template in `lrt_reranker.json`.", "",
+            "### rank_llm", "rank_llm's listwise prompts do not apply to a pointwise (yes/no) model.", ""]
     scheme = t.get("identifiers", "alpha")
     labels = {"alpha": "[chr(ord('A') + i) for i in range(len(passages))]",
               "numeric": "[str(i + 1) for i in range(len(passages))]",
@@ -198,8 +209,8 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
     name = run_dir.name
     base = _hub_id(r.model.name_or_path)
     datasets = [d for d in dict.fromkeys(filter(None, (_hub_id(r.data.train), _hub_id(r.eval.data or r.data.eval))))]
-    tags = ["lrt", "reranker", "listwise-reranking", "learning-to-rank",
-            "first-token-scoring" if mode == "first_token" else "listwise-generation"]
+    tags = ["lrt", "reranker", "pointwise-reranking" if mode == "pointwise" else "listwise-reranking", "learning-to-rank"]
+    tags += [{"first_token": "first-token-scoring", "generate": "listwise-generation"}[mode]] if mode != "pointwise" else []
     tags += [t.name for t in r.loss if t.name not in tags]
     if r.model.lora:
         tags.append("lora")
@@ -226,7 +237,7 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
                 "task": {"type": "text-ranking", "name": "Listwise passage reranking"}, "dataset": ds, "metrics": metrics}]}]
     w = meta.get("window") or r.eval.window or r.data.window
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {name}", "",
-             f"A listwise reranker fine-tuned with lrt from `{r.model.name_or_path}`"
+             f"A {'pointwise' if mode == 'pointwise' else 'listwise'} reranker fine-tuned with lrt from `{r.model.name_or_path}`"
              + (f" (LoRA r={r.model.lora.r}, merged)" if r.model.lora else "") + ".", "",
              f"**Reranking mode trained:** {mode_text} Rerank with `mode=\"{mode}\"`.", "",
              "## Which weights", "",

@@ -166,3 +166,15 @@ def test_select_best_without_kept_checkpoint_says_so(tiny_model_dir, tiny_data, 
         assert (f"- why this step: the last step: the best evaluation (step {best['step']}) was not checkpointed "
                 "(eval.select_best needs train.save_every to keep it)") in card
     assert "- exported from: end of training (step 4)\n" in card
+
+
+def test_pointwise_card_names_the_pointwise_mode(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    r = recipe_from_dict({"model": {"name_or_path": "Qwen/Qwen3-Reranker-0.6B"}, "data": {"train": "t.jsonl"},
+                          "prompt": {"preset": "qwen3_reranker"}, "scoring": {"mode": "pointwise"},
+                          "loss": [{"name": "softmax_ce", "weight": 1.0}], "output_dir": str(run)}, [],
+                         check_files=False)
+    card = card_text(r, run, "end of training (step 1)", step=1)
+    assert "**Reranking mode trained:** pointwise yes/no scoring" in card and "FIRST" not in card
+    assert "pointwise-reranking" in front_matter(card)["tags"] and "--to-seq-cls" in card

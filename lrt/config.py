@@ -182,7 +182,8 @@ class Recipe(Strict):
     def identifier_scheme(self) -> str:
         from lrt.data.prompts import PRESETS
 
-        return self.prompt.identifiers or PRESETS.get(self.prompt.preset, {}).get("identifiers", "alpha")
+        # pointwise presets have no identifiers: "numeric" puts no limit on the list length
+        return self.prompt.identifiers or PRESETS.get(self.prompt.preset, {}).get("identifiers", "numeric")
 
     @property
     def pointwise(self) -> bool:

@@ -91,6 +91,13 @@ def test_multi_token_answer_word_is_refused():
 
     with pytest.raises(LrtError, match="'yes' is 2 tokens"):
         yes_no_ids(build_tokenizer("chatml"), PointwiseTemplate.preset("qwen3_reranker"))
+    from transformers import AutoTokenizer
+
+    from lrt.configio import resolve_path
+
+    word_level = AutoTokenizer.from_pretrained(resolve_path("lrt:assets/tiny-backbone"))  # no "yes" in its vocabulary
+    with pytest.raises(LrtError, match="'yes' is the unknown token"):
+        yes_no_ids(word_level, PointwiseTemplate.preset("qwen3_reranker"))
 
 
 # ---- groups, sampling, losses ------------------------------------------------------------------

@@ -71,6 +71,9 @@ def yes_no_ids(tokenizer: Any, t: PointwiseTemplate) -> tuple[int, int]:
         if len(ids) != 1:
             raise LrtError(f"pointwise answer word {word!r} is {len(ids)} tokens for this tokenizer ({ids}); the score "
                            "needs single-token answers: use a tokenizer where it is one token")
+        if getattr(tokenizer, "unk_token_id", None) is not None and ids[0] == tokenizer.unk_token_id:
+            raise LrtError(f"pointwise answer word {word!r} is the unknown token for this tokenizer: the score would "
+                           "read the <unk> row; use a tokenizer whose vocabulary has it")
         out.append(int(ids[0]))
     if out[0] == out[1]:
         raise LrtError(f"pointwise answers {t.yes!r} and {t.no!r} map to the same token id {out[0]}")

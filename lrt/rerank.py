@@ -228,15 +228,18 @@ class Reranker:
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, device: str | None = None, dtype: torch.dtype | str = torch.float32,
-        mode: Mode = "first_token", **overrides: Any,
+        mode: Mode | None = None, **overrides: Any,
     ) -> "Reranker":
         """Load an exported model and its `lrt_reranker.json` (template, identifiers, window,
-        stride, max_length); keyword `overrides` (window=, stride=, batch_size=, ...) win."""
+        stride, max_length); keyword `overrides` (window=, stride=, batch_size=, ...) win. `mode`
+        None: the export's own (pointwise for a pointwise model, which returns a PointwiseReranker),
+        else first_token."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not Path(path).is_dir():
             raise LrtError(f"{path}: not a directory; give an exported model (`lrt export` / RUN_DIR/final)")
         meta = RerankerMeta.load(path)
+        mode = mode or ("pointwise" if meta.mode == "pointwise" else "first_token")
         if (meta.mode == "pointwise") != (mode == "pointwise"):
             raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json) cannot rerank in mode {mode}: "
                            + ("use --mode pointwise" if meta.mode == "pointwise" else "use first_token, full or generate"))

@@ -1,7 +1,7 @@
 """`lrt rerank`: rerank the top-k of a TREC run (or rank_llm requests) with an exported model.
 
     lrt rerank --model DIR --run bm25.trec --queries topics.json --corpus corpus.tsv --out reranked.trec \
-               [--mode first_token|full|generate] [--top-k 100] [--window 20 --stride 10] [--batch-size 8]
+               [--mode first_token|full|generate|pointwise] [--top-k 100] [--window 20 --stride 10] [--batch-size 8]
     lrt rerank --backend openai --base-url http://localhost:8000/v1 --model SERVED_NAME --export DIR ...
     lrt rerank --model DIR --requests requests.jsonl --out results.jsonl        # rank_llm interop
     lrt rerank --model DIR ... --nproc-per-node 4                               # queries sharded by torchrun
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank_llm request JSONL ({query: {qid, text}, candidates: [{docid, score, doc}]}) instead of "
                         "--run/--queries/--corpus")
     p.add_argument("--out", required=True, help="output TREC run, or rank_llm result JSONL when it ends in .jsonl")
-    p.add_argument("--mode", choices=MODES, default="first_token")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="default: pointwise for a pointwise export (lrt_reranker.json), else first_token")
     p.add_argument("--backend", choices=BACKENDS, default="hf",
                    help="hf: in-process; openai: an OpenAI-compatible completions server (vLLM, SGLang)")
     p.add_argument("--base-url", default=None, help="openai backend: API root, e.g. http://localhost:8000/v1")
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LrtError(f"--backend openai: --model {a.model!r} is the served model name, so give --export DIR (the "
                            "exported model directory whose tokenizer and lrt_reranker.json render the prompt)")
         check_export(export, "--export")
+        a.mode = a.mode or "first_token"
     else:
         if a.base_url or a.export:
             raise LrtError("--base-url/--export are for --backend openai")
@@ -276,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed:
             check_device(a.device)
         check_export(a.model)
+        if a.mode is None:  # the export's own scoring: pointwise models record it in lrt_reranker.json
+            from lrt.rerank import RerankerMeta
+
+            a.mode = "pointwise" if RerankerMeta.load(a.model).mode == "pointwise" else "first_token"
     check_output_path(a.out, "--out")
     if a.stats:
         check_output_path(a.stats, "--stats")

@@ -52,8 +52,16 @@ def test_lrt_rerank_pointwise(pw_export, tmp_path, capsys):
     want = dict(zip(docs, _hf_scores(pw_export, [("quick fox", f"the {d} passage text about a fox") for d in docs])))
     assert docs == sorted(docs, key=lambda d: -want[d])  # the order of the plain-HF scores
     assert q1[0][1] == pytest.approx(want[docs[0]], abs=1e-4)  # the top score is the model's logit difference
-    # a pointwise export in a listwise mode: one clear error
+    # without --mode: the export's own (pointwise); the Python API likewise
     assert main(["rerank", "--model", pw_export, "--run", files["run"], "--queries", files["queries"], "--corpus",
+                 files["corpus"], "--out", str(tmp_path / "d.trec"), "--device", "cpu"]) == 0
+    assert open(tmp_path / "d.trec").read() == open(files["out"]).read()
+    from lrt.rerank import Reranker
+    from lrt.rerank_pointwise import PointwiseReranker
+
+    assert isinstance(Reranker.from_pretrained(pw_export, device="cpu"), PointwiseReranker)
+    # a pointwise export in a listwise mode: one clear error
+    assert main(["rerank", "--model", pw_export, "--mode", "first_token", "--run", files["run"], "--queries", files["queries"], "--corpus",
                  files["corpus"], "--out", str(tmp_path / "x.trec"), "--device", "cpu"]) == 2
     assert "use --mode pointwise" in capsys.readouterr().err
 

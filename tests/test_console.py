@@ -48,7 +48,10 @@ def test_start_of_run_summary(console_run):
     # the printed figures are the measured ones
     assert s["trainable_params"] == s["total_params"] > 100_000  # full fine-tune of the tiny Llama
     assert s["lists"]["lists"] == 24 and 0 < s["lists"]["tokens_p50"] <= s["lists"]["tokens_p95"] <= s["lists"]["tokens_max"] <= 512
+    pad = s["padding"]  # per_device 2: length grouping is on by default, and the summary says what it saves
+    assert pad["grouped"] is True and 0 <= pad["with_grouping"] <= pad["ungrouped"] < 1
     for needle in (
+        f"{100 * pad['ungrouped']:.1f}% of token slots without length grouping -> {100 * pad['with_grouping']:.1f}% with it",
         f"{s['trainable_params'] / 1e3:.2f}K trainable of {s['total_params'] / 1e3:.2f}K",
         f"24; tokens per list p50 {s['lists']['tokens_p50']}, p95 {s['lists']['tokens_p95']}, max {s['lists']['tokens_max']}",
         "0 cut to fit",

@@ -315,7 +315,8 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 # Keys a resumed run may change: they do not alter what the next optimizer step computes.
 HARMLESS = ("output_dir", "train.max_steps", "train.epochs", "train.save_every", "train.keep_last", "train.resume",
             "train.log_every", "train.save_final", "train.overwrite_output_dir", "train.on_nonfinite", "eval",
-            "log", "data.eval", "data.num_proc", "data.num_workers", "model.attn_implementation",
+            "log", "data.eval", "data.num_proc", "data.num_workers", "data.cache", "data.cache_dir",
+            "model.attn_implementation",
             "model.gradient_checkpointing", "model.trust_remote_code",
             # compared as one product instead: the global batch (see recipe_changes' `world`)
             "train.per_device_batch_size", "train.grad_accum")
@@ -340,6 +341,9 @@ def recipe_changes(saved: dict[str, Any], current: dict[str, Any], world: tuple[
     Micro-batch and accumulation may change together with the number of processes (`world`: saved,
     current) as long as the global batch (= the data each step consumes) stays the same."""
     a, b = _flatten(saved), _flatten(current)
+    for d in (a, b):  # compare what grouping the run actually used (its default follows the micro-batch)
+        if d.get("data.group_by_length") is None:
+            d["data.group_by_length"] = d.get("train.per_device_batch_size", 1) > 1
     out = []
     ga = a.get("train.per_device_batch_size", 1) * a.get("train.grad_accum", 1) * world[0]
     gb = b.get("train.per_device_batch_size", 1) * b.get("train.grad_accum", 1) * world[1]

@@ -59,6 +59,16 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def _padding(p: dict[str, Any]) -> str:
+    """Padded share of token slots in epoch 0's micro-batches, without and with length grouping."""
+    if p.get("ungrouped") is None:
+        return "unknown"
+    before = f"{100 * p['ungrouped']:.1f}% of token slots"
+    if not p.get("grouped"):
+        return before + " (length grouping off: data.group_by_length)"
+    return before + f" without length grouping -> {100 * p['with_grouping']:.1f}% with it"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     tr, tot = s["trainable_params"], s["total_params"]
     ls = s["lists"]
@@ -71,6 +81,7 @@ def format_summary(s: dict[str, Any]) -> str:
         ("eval queries", str(s["eval_queries"]) + (f", every {s['eval_every']} steps" if s.get("eval_every") else "")),
         ("batch", f"global {s['global_batch']} lists = {s['per_device']} per device x {s['grad_accum']} accum "
                   f"x {s['world_size']} processes"),
+        *([("padding", _padding(s["padding"]))] if s.get("padding") else []),
         ("steps", f"{s['steps']} ({s['epochs']:.2f} epochs of {s['steps_per_epoch']} steps)"
                   + (f", resuming at {s['start_step']}" if s.get("start_step") else "")),
         ("precision", f"{s['precision']}, {s['dtype']} weights"),

@@ -684,6 +684,10 @@ class Trainer:
             "dtype": r.model.dtype, "backend": self._backend_name(), "zero_stage": zero_stage(self.ds_cfg),
             "device": str(self.env.device), "trackers": self.metrics.active, "output_dir": str(self.out),
         }
+        pad = getattr(self.sampler, "padding_fraction", None)
+        if pad is not None and r.train.per_device_batch_size > 1:
+            s["padding"] = {"grouped": bool(self.sampler.grouped), "ungrouped": pad(grouped=False),
+                            "with_grouping": pad(grouped=True)}
         emit(format_summary(s))
         import json as _json
 

@@ -85,11 +85,12 @@ def test_bad_eval_inputs_give_one_error_line(tmp_path, capsys, case, qrels, run,
 
 @pytest.mark.slow
 def test_evaluation_that_cannot_run_is_announced_at_the_start(tmp_path):
-    """`eval.every` with identifiers the tokenizer cannot score (numeric ids up to 100 here, "100"
-    is two tokens): training may go on (the lm loss needs no scores), but say so once, up front."""
+    """`eval.every` with identifiers the tokenizer cannot score (numeric ids up to 100 on a tokenizer
+    that splits digits: "10" is two tokens): training may go on (the lm loss needs no scores), but say
+    so once, up front."""
     from lrt.testing.tiny import save_tiny_model
 
-    model = save_tiny_model(tmp_path / "tiny", "chatml")
+    model = save_tiny_model(tmp_path / "tiny", "mistral")
     rows = [{"qid": str(q), "query": f"query {q}",
              "candidates": [{"docid": f"d{q}_{k}", "text": f"p{k}"} for k in range(100)],
              "ranking": [f"d{q}_{k}" for k in range(100)]} for q in range(2)]
@@ -107,7 +108,7 @@ def test_evaluation_that_cannot_run_is_announced_at_the_start(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
     warn = [ln for ln in res.stderr.splitlines() if "evaluation cannot run" in ln]
-    assert len(warn) == 1 and "'100'" in warn[0] and "eval.every" in warn[0], res.stderr[-3000:]
+    assert len(warn) == 1 and "'10'" in warn[0] and "eval.every" in warn[0], res.stderr[-3000:]
     lines = res.stderr.splitlines()
     first_step = next((i for i, ln in enumerate(lines) if "step 1" in ln), len(lines))
     assert lines.index(warn[0]) < first_step  # at the start, not after the run

@@ -44,10 +44,13 @@ def test_bench_train_step_smoke(capsys):
         assert r["train_mode"]  # the Trainer (not the benchmark) put every module in training mode
         assert 900 < r["tokens_per_step"] <= 1024  # passages were cut to fill --seq
         for v in ("lrt", "naive", "floor"):
-            assert r[f"{v}_peak_mb"] > r[f"{v}_import_mb"] > 0
+            assert r[f"{v}_peak_mb"] >= r[f"{v}_import_mb"] > 0  # equal at toy sizes (see below)
             assert r[f"{v}_step_s"] > 0 and r[f"{v}_tokens_per_s"] > 0 and r[f"{v}_activation_mb"] > 0
-        assert r["mem_ratio"] > 0 and r["speed_ratio"] > 0 and r["collate_ms"] > 0
-        assert r["mem_ratio_floor"] > 0 and r["time_ratio_floor"] > 0
+        # at this toy size a step can leave peak RSS at the post-import level: then the memory ratio is
+        # None (no baseline to divide by), never a division error or a made-up number
+        assert r["mem_ratio"] is None or r["mem_ratio"] > 0
+        assert r["mem_ratio_floor"] is None or r["mem_ratio_floor"] > 0
+        assert r["speed_ratio"] > 0 and r["collate_ms"] > 0 and r["time_ratio_floor"] > 0
         assert r["loss_rel_diff"] < 1e-4  # lrt and naive computed the same loss on the same weights and batch
         assert r["lrt_activation_mb"] >= r["floor_activation_mb"]  # the floor is a lower bound
     off, on = recs

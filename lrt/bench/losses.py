@@ -192,6 +192,22 @@ def ref_lipo(s, r, rel=None, gain="linear"):
     return loss
 
 
+def ref_bce(s, r, rel=None, use_relevance=True, top_k=1):
+    """Pointwise BCE: mean over valid i of −[t_i log σ(s_i) + (1 − t_i) log(1 − σ(s_i))], t_i = y_i / max y
+    (graded relevance) or 1 for the teacher's top_k."""
+    idx = _valid(r)
+    if use_relevance and rel is not None:
+        top = max(rel[i] for i in idx)
+        t = {i: (rel[i] / top if top > 0 else 0.0) for i in idx}
+    else:
+        t = {i: 1.0 if r[i] <= (top_k or 1) else 0.0 for i in idx}
+    loss = s.new_zeros(())
+    for i in idx:
+        p = torch.sigmoid(s[i])
+        loss = loss - (t[i] * torch.log(p) + (1 - t[i]) * torch.log(1 - p))
+    return loss / len(idx)
+
+
 REFS = {
     "ranknet": ref_ranknet,
     "lambdaloss": ref_lambdaloss,
@@ -200,6 +216,7 @@ REFS = {
     "approxndcg": ref_approxndcg,
     "softmax_ce": ref_softmax_ce,
     "lipo_lambda": ref_lipo,
+    "bce": ref_bce,
 }
 
 

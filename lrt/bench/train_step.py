@@ -364,21 +364,31 @@ def summarise(setting: str, cfg: dict[str, Any], runs: dict[str, list[dict[str, 
     if "naive" in per:
         naive = per["naive"]
         out.update({
-            "mem_ratio": round(lrt["step_mb"] / naive["step_mb"], 3),
-            "mem_ratio_raw_rss": round(lrt["peak_mb"] / naive["peak_mb"], 3),
-            "speed_ratio": round(lrt["tokens_per_s"] / naive["tokens_per_s"], 3),
+            "mem_ratio": _ratio(lrt["step_mb"], naive["step_mb"]),
+            "mem_ratio_raw_rss": _ratio(lrt["peak_mb"], naive["peak_mb"]),
+            "speed_ratio": _ratio(lrt["tokens_per_s"], naive["tokens_per_s"]),
             "loss_rel_diff": abs(out["lrt_first_loss"] - out["naive_first_loss"]) / max(abs(out["naive_first_loss"]), 1e-12),
         })
-        out["meets_mem"] = out["mem_ratio"] <= 0.3
-        out["meets_speed"] = out["speed_ratio"] >= 1.3
+        out["meets_mem"] = out["mem_ratio"] is not None and out["mem_ratio"] <= 0.3
+        out["meets_speed"] = out["speed_ratio"] is not None and out["speed_ratio"] >= 1.3
     if "floor" in per:
         floor = per["floor"]
         out.update({
-            "mem_ratio_floor": round(lrt["step_mb"] / floor["step_mb"], 3),
-            "time_ratio_floor": round(lrt["step_s"] / floor["step_s"], 3),
+            "mem_ratio_floor": _ratio(lrt["step_mb"], floor["step_mb"]),
+            "time_ratio_floor": _ratio(lrt["step_s"], floor["step_s"]),
             "activation_ratio_floor": round(lrt["activation_mb"] / max(floor["activation_mb"], 1e-9), 3),
         })
     return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    """a / b rounded, or None when the baseline measured nothing (a toy size can leave the step's peak
+    RSS at the post-import level: no ratio is better than a division by zero or a made-up one)."""
+    return round(a / b, 3) if b > 0 else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -395,11 +405,11 @@ def table(records: list[dict[str, Any]]) -> str:
                 lines.append(f"| {r['setting']} ({r['loss']}) | {gc} | {v} | {r[v + '_step_mb']:.0f} | "
                              f"{r[v + '_activation_mb']:.0f} | {r[v + '_step_s']:.2f} | {r[v + '_tokens_per_s']:.0f} |")
         if "mem_ratio" in r:
-            lines.append(f"| {r['setting']} | {gc} | **lrt / naive** | **{r['mem_ratio']:.3f}** | | "
-                         f"| **{r['speed_ratio']:.2f}× tokens/s** |")
+            lines.append(f"| {r['setting']} | {gc} | **lrt / naive** | **{_fmt(r['mem_ratio'], '.3f')}** | | "
+                         f"| **{_fmt(r['speed_ratio'], '.2f')}× tokens/s** |")
         if "mem_ratio_floor" in r:
-            lines.append(f"| {r['setting']} | {gc} | **lrt / floor** | **{r['mem_ratio_floor']:.3f}** | "
-                         f"{r['activation_ratio_floor']:.3f} | **{r['time_ratio_floor']:.2f}× time** | |")
+            lines.append(f"| {r['setting']} | {gc} | **lrt / floor** | **{_fmt(r['mem_ratio_floor'], '.3f')}** | "
+                         f"{r['activation_ratio_floor']:.3f} | **{_fmt(r['time_ratio_floor'], '.2f')}× time** | |")
     return "\n".join(lines)
 
 

@@ -55,6 +55,12 @@ class DistEnv:
         dist.all_reduce(t)
         return t.tolist()
 
+    def close(self) -> None:
+        """Tear the process group down at the end of a run: gloo/NCCL threads still alive when the
+        interpreter exits can abort a rank ("terminate called without an active exception")."""
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
     def barrier(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.barrier()

@@ -783,6 +783,8 @@ def train(recipe: Recipe) -> TrainResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     trainer = Trainer(recipe)
     try:
-        return trainer.fit()
+        res = trainer.fit()
     finally:
         trainer._release_signals()  # the SIGTERM/SIGUSR1 handlers never outlive the run
+    trainer.env.close()  # after a completed run only: a failed rank must not wait on its peers here
+    return res

@@ -120,8 +120,10 @@ def usage(path: str, mode: str, meta: dict[str, Any]) -> list[str]:
         return out + [
             "### Plain transformers / sentence-transformers / vLLM",
             f"`lrt export {path} --to-seq-cls --out DIR` writes a one-output `AutoModelForSequenceClassification` "
-            "(score row = W[yes] - W[no]) that sentence-transformers' `CrossEncoder` and vLLM's score API load; "
-            "render each pair with the template in `lrt_reranker.json`.", "",
+            "(score row = W[yes] - W[no]) whose chat template renders a (query, passage) pair in the trained template: "
+            "`CrossEncoder(DIR).predict(pairs)` (sentence-transformers >= 6; sigmoid by default, "
+            "`activation_fn=torch.nn.Identity()` for logit(yes) - logit(no)), or "
+            "`vllm serve DIR --runner pooling --chat-template DIR/chat_template.jinja` for vLLM's score/rerank API.", "",
             "### rank_llm", "rank_llm's listwise prompts do not apply to a pointwise (yes/no) model.", ""]
     scheme = t.get("identifiers", "alpha")
     labels = {"alpha": "[chr(ord('A') + i) for i in range(len(passages))]",

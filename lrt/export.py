@@ -351,9 +351,42 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -
     getattr(seq, seq.base_model_prefix).load_state_dict(getattr(lm, lm.base_model_prefix).state_dict())
     with torch.no_grad():
         seq.score.weight.copy_((head.weight[yes] - head.weight[no])[None, :])
+    # vLLM without --chat-template scores `query + document` as one text, not a tokenizer text pair
+    seq.config.use_sep_token = False
     out.mkdir(parents=True, exist_ok=True)
     seq.save_pretrained(str(out), safe_serialization=True)
+    # the pair template as the chat template: sentence-transformers (>= 6) renders a (query, document) pair
+    # through it, vLLM's score API with `--chat-template DIR/chat_template.jinja`; the classifier's length
+    # is the trained one (sentence-transformers truncates to it and keeps the suffix)
+    tok.chat_template = score_chat_template(PointwiseTemplate.from_dict(meta.template))
+    tok.model_max_length = meta.max_length
     tok.save_pretrained(str(out))
     (out / "lrt_seq_cls.json").write_text(json.dumps({"source": str(src), "score": "logit(yes) - logit(no)",
                                                       "template": meta.template}, indent=2), encoding="utf-8")
     return out
+
+
+def score_chat_template(t: Any) -> str:
+    """A Jinja chat template that renders `prefix + body + suffix` of a PointwiseTemplate from the
+    `query` and `document` messages of a pair (the roles sentence-transformers and vLLM's score API
+    use); a `system` message, if any, replaces the instruction. Literals are JSON strings, which
+    Jinja reads as string literals, so no template text is interpreted."""
+    import string
+
+    lit = lambda s: "{{- " + json.dumps(s, ensure_ascii=False) + " -}}"  # noqa: E731
+    fields = {"instruction": "instruction", "query": "query", "doc": "document"}
+    out = ['{%- macro text(role) -%}{%- set c = messages | selectattr("role", "eq", role) | map(attribute="content") '
+           '| first -%}{%- if c is string -%}{{- c -}}{%- elif c -%}{%- for p in c if p.type == "text" -%}'
+           '{{- p.text -}}{%- endfor -%}{%- endif -%}{%- endmacro -%}',
+           '{%- set instruction = text("system") or ' + json.dumps(t.instruction, ensure_ascii=False) + " -%}",
+           lit(t.prefix)]
+    for literal, name, spec, conv in string.Formatter().parse(t.body):
+        if literal:
+            out.append(lit(literal))
+        if name is not None:
+            if name not in fields or spec or conv:
+                raise LrtError(f"pair template body field {{{name}}} cannot be rendered as a chat template "
+                               "(use {instruction}, {query}, {doc})")
+            out.append("{{- instruction -}}" if name == "instruction" else '{{- text("' + fields[name] + '") -}}')
+    out.append(lit(t.suffix))
+    return "\n".join(out) + "\n"

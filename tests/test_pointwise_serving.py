@@ -1,0 +1,110 @@
+"""A pointwise model trained by `lrt train`, served outside lrt: sentence-transformers' CrossEncoder loads the
+`lrt export --to-seq-cls` conversion and gives the scores of `lrt rerank --mode pointwise` (the README
+snippet, run as written); the config fields and the score template vLLM's score API reads."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_pointwise_train import pw_model, pw_recipe  # noqa: F401  (fixtures: the tiny model and its recipe)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def served(pw_recipe, tmp_path_factory):  # noqa: F811
+    """`lrt train` (4 steps, pointwise) -> RUN/final -> `lrt export RUN/final --to-seq-cls --out seq`."""
+    from lrt.cli import main
+
+    d = tmp_path_factory.mktemp("pwserve")
+    assert main(["train", str(pw_recipe), f"output_dir={d / 'run'}"]) == 0
+    assert main(["export", str(d / "run/final"), "--to-seq-cls", "--out", str(d / "seq")]) == 0
+    return d
+
+
+def readme_snippet() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"<!-- tested: tests/test_pointwise_serving.py -->\n( *)```python\n(.*?)\n *```", text, re.S)
+    assert m, "README: the CrossEncoder snippet (marked for tests/test_pointwise_serving.py) is missing"
+    return textwrap.dedent(m.group(2))
+
+
+def _rerank_inputs(d: Path, pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """TREC run + TSV topics/corpus holding exactly these (query, passage) pairs."""
+    qids = {q: f"q{i}" for i, q in enumerate(dict.fromkeys(q for q, _ in pairs))}
+    (d / "topics.tsv").write_text("".join(f"{qid}\t{q}\n" for q, qid in qids.items()))
+    (d / "corpus.tsv").write_text("".join(f"d{i}\t{p}\n" for i, (_, p) in enumerate(pairs)))
+    (d / "run.trec").write_text("".join(f"{qids[q]} Q0 d{i} {i + 1} {10 - i}.0 bm25\n" for i, (q, _) in enumerate(pairs)))
+    return {"run": str(d / "run.trec"), "queries": str(d / "topics.tsv"), "corpus": str(d / "corpus.tsv"),
+            "out": str(d / "out.trec")}
+
+
+def test_cross_encoder_gives_the_lrt_rerank_scores(served, tmp_path, capsys):
+    from lrt.cli import main
+    from lrt.rerank import Reranker, monotone_scores
+
+    ns: dict = {}
+    exec(compile(readme_snippet().replace('"SEQ_DIR"', repr(str(served / "seq"))), "README.md", "exec"), ns)  # noqa: S102
+    pairs, scores, probs = ns["pairs"], [float(x) for x in ns["scores"]], [float(x) for x in ns["probs"]]
+    assert len(pairs) == len(scores) == 3
+    # the lrt pointwise scorer of the causal-LM export: the same numbers (fp32)
+    want = Reranker.from_pretrained(str(served / "run/final"), device="cpu").score_pairs(pairs)
+    assert scores == pytest.approx(want, abs=1e-5)
+    assert max(want) - min(want) > 1e-3  # the pairs get different scores: the comparison can tell them apart
+    # CrossEncoder's default activation for one output is the sigmoid: P(yes) of a Qwen3-Reranker
+    assert probs == pytest.approx([1 / (1 + math.exp(-s)) for s in want], abs=1e-6)
+    # `lrt rerank --mode pointwise` on the same pairs: its order and its (tie-free) scores
+    f = _rerank_inputs(tmp_path, pairs)
+    assert main(["rerank", "--model", str(served / "run/final"), "--mode", "pointwise", "--run", f["run"], "--queries",
+                 f["queries"], "--corpus", f["corpus"], "--out", f["out"], "--device", "cpu"]) == 0
+    rows = [line.split() for line in Path(f["out"]).read_text().splitlines()]
+    got = [(int(r[2][1:]), float(r[4])) for r in rows]
+    order = sorted(range(3), key=lambda i: (-scores[i], i))
+    assert [i for i, _ in got] == order
+    assert [s for _, s in got] == pytest.approx(monotone_scores([scores[i] for i in order]), abs=2e-6)
+
+
+def test_cross_encoder_prompt_is_the_instruction(served):
+    """`predict(..., prompt=...)` becomes a system message, which the template uses as the instruction."""
+    from sentence_transformers import CrossEncoder
+
+    from lrt.rerank import RerankerMeta
+    from lrt.rerank_pointwise import PointwiseReranker
+
+    pairs = [("quick fox", "the fox passage"), ("lazy dog", "a passage about the lazy dog")]
+    lrt = PointwiseReranker.from_pretrained(str(served / "run/final"), device="cpu")
+    ce = CrossEncoder(str(served / "seq"), device="cpu", activation_fn=torch.nn.Identity())
+    assert ce.predict(pairs).tolist() == pytest.approx(lrt.score_pairs(pairs), abs=1e-5)
+    lrt.template = lrt.template.with_(instruction="Find passages about animals")
+    assert lrt.template.instruction != RerankerMeta.load(served / "run/final").template["instruction"]
+    assert ce.predict(pairs, prompt="Find passages about animals").tolist() == pytest.approx(lrt.score_pairs(pairs), abs=1e-5)
+
+
+def test_seq_cls_export_has_what_vllm_reads(served):
+    """vLLM's pooling runner: a *ForSequenceClassification architecture, one label, `use_sep_token: false`
+    (no --chat-template: query + document as one text); with `--chat-template DIR/chat_template.jinja` it
+    renders [{role: query}, {role: document}] through the template and tokenizes the text: the trained ids."""
+    from transformers import AutoTokenizer
+
+    from lrt.data.pointwise import PointwiseTemplate, encode_pair, pair_text
+
+    seq = served / "seq"
+    cfg = json.loads((seq / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and len(cfg["id2label"]) == 1
+    assert cfg["use_sep_token"] is False and not cfg["tie_word_embeddings"]
+    meta = json.loads((seq / "lrt_seq_cls.json").read_text())
+    t = PointwiseTemplate.from_dict(meta["template"])
+    tok = AutoTokenizer.from_pretrained(str(seq))
+    assert tok.model_max_length == 256  # the recipe's data.max_length
+    template = (seq / "chat_template.jinja").read_text()
+    for q, p in [("quick fox", "the fox passage"), ('a "q" {query}', "{{ x }} {%raw%}\n<b>")]:
+        text = tok.apply_chat_template([{"role": "query", "content": q}, {"role": "document", "content": p}],
+                                       chat_template=template, tokenize=False)
+        assert text == pair_text(t, q, p)
+        assert tok(text)["input_ids"] == encode_pair(tok, t, q, p, 256)

@@ -325,7 +325,7 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -
     this directory is not a causal LM, `lrt rerank` reads the pointwise export itself)."""
     import copy
 
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from lrt.data.pointwise import PointwiseTemplate, yes_no_ids
     from lrt.rerank import load_export_tokenizer
@@ -336,7 +336,7 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -
         raise LrtError(f"{src}: a {meta.mode} export; --to-seq-cls converts pointwise (yes/no) models only")
     tok = load_export_tokenizer(src)
     yes, no = yes_no_ids(tok, PointwiseTemplate.from_dict(meta.template))
-    lm = AutoModelForCausalLM.from_pretrained(str(src), dtype=getattr(torch, dtype) if dtype else None)
+    lm = _load_merged_lm(src, getattr(torch, dtype) if dtype else None)
     head = lm.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise LrtError(f"{src}: the LM head has a bias; a one-row classifier without bias cannot carry it")
@@ -364,6 +364,24 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -
     (out / "lrt_seq_cls.json").write_text(json.dumps({"source": str(src), "score": "logit(yes) - logit(no)",
                                                       "template": meta.template}, indent=2), encoding="utf-8")
     return out
+
+
+def _load_merged_lm(src: Path, dtype: torch.dtype | None) -> nn.Module:
+    """The causal LM of an export; a LoRA adapter dir (RUN/final/adapter, `--adapter-only`) is merged
+    into an unquantised load of its base first, so the classifier carries the trained weights."""
+    from transformers import AutoModelForCausalLM
+
+    if not (src / "adapter_config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype)
+    from peft import AutoPeftModelForCausalLM
+
+    try:
+        peft_model = AutoPeftModelForCausalLM.from_pretrained(str(src), dtype=dtype)
+    except (OSError, ValueError) as e:
+        base = json.loads((src / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        raise LrtError(f"{src}: the adapter's base model {base!r} cannot be loaded ({str(e).splitlines()[0]}); "
+                       "convert the merged export (RUN/final) instead") from None
+    return merge_lora(peft_model)
 
 
 def score_chat_template(t: Any) -> str:

@@ -108,3 +108,43 @@ def test_seq_cls_export_has_what_vllm_reads(served):
                                        chat_template=template, tokenize=False)
         assert text == pair_text(t, q, p)
         assert tok(text)["input_ids"] == encode_pair(tok, t, q, p, 256)
+
+
+def test_lora_pointwise_run_exports_the_trained_adapter(pw_recipe, pw_model, tmp_path):  # noqa: F811
+    """`lrt train` with model.lora and scoring.mode=pointwise; RUN/final (merged), RUN/final/adapter,
+    `lrt export RUN` (from the checkpoint) and `--to-seq-cls` of both final and its adapter all give the
+    scores of the base + trained adapter, which differ from the base model's."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForCausalLM
+
+    from lrt.cli import main
+    from lrt.rerank_pointwise import PointwiseReranker
+
+    out = tmp_path / "run"
+    assert main(["train", str(pw_recipe), f"output_dir={out}", "model.lora={r: 8, alpha: 16, dropout: 0.0}",
+                 "train.lr=2e-2"]) == 0
+    final = out / "final"
+    adapter = load_file(str(final / "adapter/adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at 0: it trained
+    merged = PointwiseReranker.from_pretrained(str(final), device="cpu")
+    assert not any("lora" in n for n, _ in merged.model.named_parameters())
+    pairs = [("quick fox", "the fox passage"), ("lazy dog", "a passage about the lazy dog"), ("rank", "some text")]
+    want = merged.score_pairs(pairs)
+
+    def with_model(model):
+        return PointwiseReranker(model.eval(), merged.tok, merged.template, max_length=256).score_pairs(pairs)
+
+    base = AutoModelForCausalLM.from_pretrained(pw_model, dtype=torch.float32)
+    assert max(abs(a - b) for a, b in zip(with_model(base), want)) > 1e-3  # the adapter matters
+    fresh = AutoModelForCausalLM.from_pretrained(pw_model, dtype=torch.float32)
+    assert with_model(PeftModel.from_pretrained(fresh, final / "adapter")) == pytest.approx(want, abs=1e-5)
+    assert main(["export", str(out), "--out", str(tmp_path / "exp")]) == 0  # merged again from the last checkpoint
+    assert PointwiseReranker.from_pretrained(str(tmp_path / "exp"), device="cpu").score_pairs(pairs) == pytest.approx(want, abs=1e-5)
+    for src in (final, final / "adapter"):  # the adapter dir is merged into its base first
+        seq = tmp_path / f"seq-{src.name}"
+        assert main(["export", str(src), "--to-seq-cls", "--out", str(seq)]) == 0
+        ce = CrossEncoder(str(seq), device="cpu", activation_fn=torch.nn.Identity())
+        assert ce.predict(pairs).tolist() == pytest.approx(want, abs=1e-5), src

@@ -247,23 +247,7 @@ def _pointwise_problems(r: Recipe) -> list[str]:
     if bad:
         out.append(f"scoring.mode=pointwise scores pairs, it has no listwise target: remove loss terms {bad} "
                    "(use softmax_ce, bce, ranknet, ...)")
-    if r.train.deepspeed and _ds_stage(r.train.deepspeed) == 3:
-        # the yes/no head rows are read outside the head's forward, and each pair chunk runs under
-        # activation checkpointing: neither is wired for ZeRO-3's parameter gathering yet
-        out.append("scoring.mode=pointwise is not supported under ZeRO-3 yet: use a ZeRO-2 config "
-                   "(train.deepspeed=lrt:resources/launch/ds_zero2.json) or DDP (torchrun)")
     return out
-
-
-def _ds_stage(path: str) -> int | None:
-    """The ZeRO stage of a DeepSpeed config file; None when it cannot be read (reported elsewhere)."""
-    import json
-
-    try:
-        cfg = json.loads(Path(resolve_path(path)).read_text(encoding="utf-8"))
-        return int(cfg.get("zero_optimization", {}).get("stage", 0))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
 
 
 def _loss_problems(terms: list[LossTerm]) -> list[str]:

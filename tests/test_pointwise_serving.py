@@ -150,22 +150,19 @@ def test_lora_pointwise_run_exports_the_trained_adapter(pw_recipe, pw_model, tmp
         assert ce.predict(pairs).tolist() == pytest.approx(want, abs=1e-5), src
 
 
-@pytest.mark.slow
-def test_zero2_two_processes_equal_one(pw_recipe, tmp_path, capsys):  # noqa: F811
-    """DeepSpeed ZeRO-2 (CPU, 2 processes x 1 list) vs one plain process (2 lists accumulated): the same
-    losses and grad norms per step, and a pointwise final/. ZeRO-3 stays one clear refusal."""
+def _ds_run(pw_recipe, out: Path, ds: str, *extra: str) -> None:  # noqa: F811
     import sys
 
-    from _scale_helpers import last_per_step, metrics, run
-    from lrt.cli import main
-    from lrt.rerank import RerankerMeta
+    from _scale_helpers import run
 
-    common = ["train.max_steps=2", "train.save_final=false"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["train", str(pw_recipe), f"output_dir={one}", *common]) == 0
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lrt.cli",
-         "train", str(pw_recipe), f"output_dir={two}", "train.grad_accum=1", "train.max_steps=2",
-         "train.deepspeed=lrt:resources/launch/ds_zero2.json"], timeout=240)
+         "train", str(pw_recipe), f"output_dir={out}", "train.grad_accum=1", "train.max_steps=2",
+         f"train.deepspeed={ds}", *extra], timeout=240)
+
+
+def _same_steps(two: Path, one: Path) -> None:
+    from _scale_helpers import last_per_step, metrics
+
     got, want = last_per_step(metrics(two)), metrics(one)
     assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
     for g, w in zip(got, want):
@@ -173,6 +170,50 @@ def test_zero2_two_processes_equal_one(pw_recipe, tmp_path, capsys):  # noqa: F8
             assert g[k] == pytest.approx(w[k], rel=1e-5), (g["step"], k)
         assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-4)
         assert g["lists"] == w["lists"] == 2
-    assert RerankerMeta.load(two / "final").mode == "pointwise"
-    rc = main(["train", str(pw_recipe), f"output_dir={tmp_path / 'z3'}", "train.deepspeed=lrt:resources/launch/ds_zero3.json"])
-    assert rc == 2 and "not supported under ZeRO-3 yet" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def one_process(pw_recipe, tiny_data, tmp_path_factory):  # noqa: F811
+    """The reference: one plain process, 2 lists accumulated per step, evaluated at the end."""
+    from lrt.cli import main
+
+    d = tmp_path_factory.mktemp("one")
+    assert main(["train", str(pw_recipe), f"output_dir={d}", "train.max_steps=2", f"data.eval={tiny_data / 'eval.jsonl'}",
+                 "eval.at_end=true"]) == 0
+    return d
+
+
+@pytest.mark.slow
+def test_zero2_two_processes_equal_one(pw_recipe, one_process, tmp_path):  # noqa: F811
+    """DeepSpeed ZeRO-2, 2 CPU processes x 1 list: the losses and grad norms of the plain process."""
+    _ds_run(pw_recipe, tmp_path / "z2", "lrt:resources/launch/ds_zero2.json", "train.save_final=false")
+    _same_steps(tmp_path / "z2", one_process)
+
+
+@pytest.mark.slow
+def test_zero3_two_processes_equal_one(pw_recipe, one_process, tiny_data, tmp_path):  # noqa: F811
+    """ZeRO-3 with every parameter partitioned (persistence threshold 0, so the LM head too: its yes/no
+    rows are read outside its forward): same steps, the same in-training evaluation (every rank reranks
+    under ZeRO-3), and the gathered final/ scores like the plain run's."""
+    from lrt.rerank_pointwise import PointwiseReranker
+
+    cfg = json.loads((REPO / "lrt/resources/launch/ds_zero3.json").read_text())
+    cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "z3.json").write_text(json.dumps(cfg))
+    z3 = tmp_path / "z3"
+    _ds_run(pw_recipe, z3, str(tmp_path / "z3.json"), f"data.eval={tiny_data / 'eval.jsonl'}", "eval.at_end=true",
+            "train.save_every=2")
+    _same_steps(z3, one_process)
+    state = json.loads((z3 / "checkpoints/step-0000002/trainer_state.json").read_text())
+    assert state["zero_stage"] == 3 and state["loaded_partitioned"]
+
+    def evals(d: Path) -> list[dict]:
+        return [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "eval/nDCG@10_candidates" in r]
+
+    (got,), (want,) = evals(z3), evals(one_process)
+    assert got["eval/queries"] == want["eval/queries"] == 6
+    assert got["eval/nDCG@10_candidates"] == pytest.approx(want["eval/nDCG@10_candidates"], abs=1e-9)
+    pairs = [("quick fox", "the fox passage"), ("lazy dog", "a passage about the lazy dog"), ("rank", "some text")]
+    a = PointwiseReranker.from_pretrained(str(z3 / "final"), device="cpu").score_pairs(pairs)
+    b = PointwiseReranker.from_pretrained(str(one_process / "final"), device="cpu").score_pairs(pairs)
+    assert a == pytest.approx(b, abs=1e-5)

@@ -14,7 +14,7 @@ from torch import nn
 
 from lrt.config import Recipe, resolve_path
 from lrt.data.pointwise import GroupRows, PointwiseTemplate, encode_group, yes_no_ids
-from lrt.scoring import full_precision, group_scores, pointwise_scores
+from lrt.scoring import decoder_and_head, full_precision, group_scores, pointwise_scores
 from lrt.train.objective import Objective
 
 
@@ -59,6 +59,11 @@ class PointwiseModule(nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
         self.yes_id, self.no_id, self.pair_batch = yes_id, no_id, pair_batch
+        _, head = decoder_and_head(model)
+        if hasattr(head.weight, "ds_id"):  # ZeRO-3: the yes/no rows are read outside the head's forward
+            import deepspeed
+
+            deepspeed.zero.register_external_parameter(self, head.weight)
 
     def forward(  # type: ignore[override]
         self, batch: dict[str, torch.Tensor], dens: dict[str, float], scale: float

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the export to this Hub repo (org/name)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--to-seq-cls", action="store_true",
-                   help="convert a pointwise export (RUN_DIR/final) into a one-output sequence classifier "
-                   "(score row = W[yes] - W[no]) for sentence-transformers' CrossEncoder and vLLM's score API")
+                   help="convert a pointwise export (RUN_DIR/final, or its LoRA adapter/, merged first) into a "
+                   "one-output sequence classifier (score row = W[yes] - W[no]) whose chat template renders "
+                   "(query, passage) pairs, for sentence-transformers' CrossEncoder and vLLM's score API")
     a = p.parse_args(argv)
     src = Path(a.run_dir)
     if a.to_seq_cls:

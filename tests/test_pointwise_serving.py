@@ -110,7 +110,7 @@ def test_seq_cls_export_has_what_vllm_reads(served):
         assert tok(text)["input_ids"] == encode_pair(tok, t, q, p, 256)
 
 
-def test_lora_pointwise_run_exports_the_trained_adapter(pw_recipe, pw_model, tmp_path):  # noqa: F811
+def test_lora_pointwise_run_exports_the_trained_adapter(pw_recipe, pw_model, tmp_path, capsys):  # noqa: F811
     """`lrt train` with model.lora and scoring.mode=pointwise; RUN/final (merged), RUN/final/adapter,
     `lrt export RUN` (from the checkpoint) and `--to-seq-cls` of both final and its adapter all give the
     scores of the base + trained adapter, which differ from the base model's."""
@@ -148,6 +148,17 @@ def test_lora_pointwise_run_exports_the_trained_adapter(pw_recipe, pw_model, tmp
         assert main(["export", str(src), "--to-seq-cls", "--out", str(seq)]) == 0
         ce = CrossEncoder(str(seq), device="cpu", activation_fn=torch.nn.Identity())
         assert ce.predict(pairs).tolist() == pytest.approx(want, abs=1e-5), src
+    # an adapter whose base is gone: one error line naming it, exit code 2
+    import shutil
+
+    moved = shutil.copytree(final / "adapter", tmp_path / "moved")
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tmp_path / "no-such-base")
+    (moved / "adapter_config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["export", str(moved), "--to-seq-cls", "--out", str(tmp_path / "seq-x")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-base" in err and "cannot be loaded" in err and "Traceback" not in err
 
 
 def _ds_run(pw_recipe, out: Path, ds: str, *extra: str) -> None:  # noqa: F811

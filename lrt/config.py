@@ -73,7 +73,7 @@ class DataConfig(Strict):
 
 class PromptConfig(Strict):
     preset: Literal["first_alpha", "rank_llm", "rank_llm_numeric", "rankgpt_numeric", "compact",
-                    "qwen3_reranker"] = "first_alpha"  # qwen3_reranker: pointwise (scoring.mode=pointwise)
+                    "qwen3_reranker", "compact_pointwise"] = "first_alpha"  # *_pointwise, qwen3_reranker: scoring.mode=pointwise
     system: str | None = None
     prefix: str | None = None
     suffix: str | None = None

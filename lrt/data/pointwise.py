@@ -30,6 +30,10 @@ QWEN3_BODY = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
 POINTWISE_PRESETS: dict[str, dict[str, Any]] = {
     "qwen3_reranker": {"prefix": QWEN3_PREFIX, "body": QWEN3_BODY, "suffix": QWEN3_SUFFIX,
                        "instruction": QWEN3_INSTRUCTION, "yes": "yes", "no": "no"},
+    # Few-token ChatML pair template for tiny demo models (the quickstart's pointwise comparison).
+    "compact_pointwise": {"prefix": "<|im_start|>user\n", "body": "Query: {query}\nDocument: {doc}",
+                          "suffix": "<|im_end|>\n<|im_start|>assistant\nRelevant:", "instruction": "",
+                          "yes": "yes", "no": "no"},
 }
 
 

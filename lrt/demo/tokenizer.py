@@ -23,12 +23,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-# Words of the prompt templates (lrt "compact" preset, chat roles) and of the backbone's pretraining
+# Words of the prompt templates (lrt "compact" presets, chat roles) and of the backbone's pretraining
 # tasks (scripts/pretrain_tiny_backbone.py). Anything else maps to <|unk|>.
 TEMPLATE_WORDS = [
     "system", "user", "assistant", "Query", "Passages", "Ranking", "Search", "Rank", "passages",
     "query", "id", "copy", "find", "in", "is", "items", "text", "where", "answer", "repeat", "list",
     "doc", "which", "has", "word", "the", "of", "and", "a",
+    # the quickstart's pointwise comparison (lrt.data.pointwise "compact_pointwise" preset)
+    "yes", "no", "Document", "Relevant",
 ]
 PUNCT = list("[]()<>:;.,?!-|=/*+#\"'")
 # \w+ runs, single punctuation marks, and newlines are tokens; other whitespace is dropped.

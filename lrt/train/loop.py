@@ -306,6 +306,8 @@ class Trainer:
         res = {"step": self.step, key: eval_ndcg(allr, qrels, kind), init_key: eval_ndcg(initial, qrels, kind),
                "eval/queries": sum(q in qrels for q in allr)}
         self.last_rankings = allr
+        if getattr(self, "first_rankings", None) is None:
+            self.first_rankings = allr  # the run's first evaluation (step 0: the model before training)
         return res
 
     # ---- checkpoints -----------------------------------------------------------------------

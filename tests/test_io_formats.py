@@ -54,7 +54,7 @@ def test_corpus_subset_keeps_only_needed_docids_and_still_checks_lines(tmp_path)
 @pytest.mark.parametrize("name,text,needle", [
     ("q.jsonl", '{"_id": "1", "text": "a"}\n{"_id": "1", "text": "b"}\n', r"q\.jsonl:2: duplicate query id"),
     ("q.jsonl", '{"_id": "1"}\n', r"q\.jsonl:1: need a query id"),
-    ("q.jsonl", '{"_id": "1", "text": "a"}\n{"_id": "2", "te', r"q\.jsonl:2: invalid JSON \(truncated last line\?\)"),
+    ("q.jsonl", '{"_id": "1", "text": "a"}\n{"_id": "2", "te', r"q\.jsonl:2: invalid JSON \(truncated last line\?"),
     ("qrels.tsv", "query-id\tcorpus-id\tscore\n1\td1\t1\n1\td2\n", r"qrels\.tsv:3: expected 4 columns .* or 3"),
     ("qrels.tsv", "query-id\tcorpus-id\tscore\n1\td1\tx\n", r"qrels\.tsv:2: relevance 'x' is not an integer"),
 ])

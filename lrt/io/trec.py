@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from lrt.errors import DataError
 
@@ -165,12 +165,7 @@ def read_topics(path: PathLike) -> dict[str, str]:
     topics: dict[str, str] = {}
     if Path(str(path).removesuffix(".gz")).suffix == ".jsonl":  # BEIR queries.jsonl: one {"_id", "text"} per line
         for last, lineno, line in _with_last(_lines(path)):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                hint = " (truncated last line?)" if last else ""
-                raise DataError(f"{path}:{lineno}: invalid JSON{hint}: {e.msg}; each line must be one "
-                                'JSON object such as {"_id": "q1", "text": "..."}') from None
+            obj = _json_line(path, lineno, line, last, '{"_id": "q1", "text": "..."}')
             qid = next((obj[k] for k in ("_id", "qid", "query_id", "id") if k in obj), None) \
                 if isinstance(obj, dict) else None
             text = next((obj[k] for k in ("text", "query", "title") if k in obj), None) if qid is not None else None
@@ -223,13 +218,18 @@ def _with_last(items: Iterator[tuple[int, str]]) -> Iterator[tuple[bool, int, st
         yield (True, *prev)
 
 
-def _parse_jsonl_doc(path: PathLike, lineno: int, line: str, last: bool) -> tuple[str, dict]:
+def _json_line(path: PathLike, lineno: int, line: str, last: bool, example: str) -> Any:
+    """One JSONL line, or one error naming file:line (a bad *last* line is likely a truncated write)."""
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         hint = " (truncated last line? the file was probably not fully written)" if last else ""
-        raise DataError(f"{path}:{lineno}: invalid JSON{hint}: {e.msg}; "
-                        "each line must be one JSON object") from None
+        raise DataError(f"{path}:{lineno}: invalid JSON{hint}: {e.msg}; each line must be one JSON object "
+                        f"such as {example}") from None
+
+
+def _parse_jsonl_doc(path: PathLike, lineno: int, line: str, last: bool) -> tuple[str, dict]:
+    obj = _json_line(path, lineno, line, last, '{"_id": "d1", "text": "..."}')
     if isinstance(obj, dict):
         doc_id = next((obj[k] for k in ("docid", "_id", "id") if k in obj), None)
         text = next((obj[k] for k in ("text", "contents") if k in obj), None)

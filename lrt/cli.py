@@ -43,7 +43,8 @@ def _validate(argv: list[str]) -> int:
     r = load_recipe(a.recipe, a.overrides, check_files=not a.no_file_check)
     rows = "" if a.no_file_check else _check_data(r)
     terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
-    print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; identifiers {r.identifier_scheme()}){rows}")
+    scoring = "pointwise yes/no pairs" if r.pointwise else f"identifiers {r.identifier_scheme()}"
+    print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; {scoring}){rows}")
     return 0
 
 

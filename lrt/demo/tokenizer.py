@@ -29,20 +29,22 @@ TEMPLATE_WORDS = [
     "system", "user", "assistant", "Query", "Passages", "Ranking", "Search", "Rank", "passages",
     "query", "id", "copy", "find", "in", "is", "items", "text", "where", "answer", "repeat", "list",
     "doc", "which", "has", "word", "the", "of", "and", "a",
-    # the quickstart's pointwise comparison (lrt.data.pointwise "compact_pointwise" preset)
-    "yes", "no", "Document", "Relevant",
 ]
+# Words of the pointwise template ("compact_pointwise", `lrt quickstart --mode pointwise`). Appended
+# AFTER the lexicon so that every earlier token keeps its id: a backbone trained before they existed
+# only gains rows for them.
+EXTRA_WORDS = ["yes", "no", "Document", "Relevant"]
 PUNCT = list("[]()<>:;.,?!-|=/*+#\"'")
 # \w+ runs, single punctuation marks, and newlines are tokens; other whitespace is dropped.
 _PIECES = Regex(r"\w+|[^\w\s]|\n")
 
 
 def vocabulary(world: World | None = None) -> list[str]:
-    """The full token list in id order: specials, newline, punctuation, letters, digits, words, lexicon."""
+    """The full token list in id order: specials, newline, punctuation, letters, digits, words, lexicon, extras."""
     world = world or World()
     letters = list(string.ascii_uppercase) + list(string.ascii_lowercase)
     digits = [str(i) for i in range(100)]
-    toks = SPECIALS + ["\n"] + PUNCT + letters + digits + TEMPLATE_WORDS + sorted(world.lexicon)
+    toks = SPECIALS + ["\n"] + PUNCT + letters + digits + TEMPLATE_WORDS + sorted(world.lexicon) + EXTRA_WORDS
     seen: set[str] = set()
     out = [t for t in toks if not (t in seen or seen.add(t))]
     return out

@@ -89,3 +89,13 @@ def test_backbone_loads_offline_and_is_small() -> None:
     assert model.config.tie_word_embeddings and model.config.vocab_size >= len(tok)
     assert json.loads((BACKBONE / "config.json").read_text())["model_type"] == "llama"
     assert (BACKBONE / "README.md").is_file()
+
+
+def test_vocabulary_split_is_disjoint_and_queries_stay_in_their_half() -> None:
+    from lrt.demo.world import vocabulary_split
+
+    pre, quick = vocabulary_split()
+    assert not set(pre) & set(quick) and sorted(pre + quick) == sorted(World().lexicon)
+    rows = make_split(300, 5, seed=11, query_vocabulary=quick)
+    assert all(r["query"] in set(quick) for r in rows)
+    assert any(r["query"] in set(pre) for r in make_split(300, 5, seed=11))  # the default draws from all

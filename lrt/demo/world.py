@@ -39,6 +39,15 @@ def make_lexicon(size: int, seed: int = 0) -> list[str]:
     return words
 
 
+def vocabulary_split(lexicon_size: int = 240, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(backbone-pretraining half, quickstart-query half) of the lexicon: fixed and disjoint, so the
+    backbone never saw a lookup of any word the quickstart asks about."""
+    order = sorted(make_lexicon(lexicon_size, seed))
+    random.Random(5).shuffle(order)
+    half = len(order) // 2
+    return order[:half], order[half:]
+
+
 @dataclass(frozen=True)
 class World:
     """A lexicon partitioned into topics. Different `topic_seed`s give different topic splits of the
@@ -86,10 +95,11 @@ def make_split(
     retriever_distractor_weight: float = 0.5,
     retriever_noise: float = 1.0,
     qid_prefix: str | None = None,
+    query_vocabulary: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """`n_queries` canonical listwise rows (candidates in weak-retriever order).
 
-    Per query: a topic and `query_words` distinct words from it. Per candidate: grade g ~ grade_probs
+    Per query: a topic and `query_words` distinct words from it (from `query_vocabulary` only, if given). Per candidate: grade g ~ grade_probs
     (at least one g >= 1 per query); the passage holds exactly g query-word tokens, with probability
     `distractor_prob` 1..max_distractors same-topic non-query words, and background words from other
     topics, shuffled, `passage_len` words in all (grown if g + distractors do not fit). Retriever score
@@ -102,9 +112,14 @@ def make_split(
     n_grades = len(grade_probs)
     rows: list[dict[str, Any]] = []
     for qi in range(n_queries):
-        t = rng.randrange(len(world.topics))
-        topic = world.topics[t]
-        qwords = rng.sample(topic, query_words)
+        allowed = None if query_vocabulary is None else set(query_vocabulary)
+        while True:
+            t = rng.randrange(len(world.topics))
+            topic = world.topics[t]
+            pool = topic if allowed is None else [w for w in topic if w in allowed]
+            if len(pool) >= query_words:
+                break
+        qwords = rng.sample(pool, query_words)
         others = [w for j, tp in enumerate(world.topics) if j != t for w in tp]
         near = [w for w in topic if w not in qwords]
         grades = [_draw_grade(rng, grade_probs) for _ in range(n_candidates)]

@@ -95,9 +95,10 @@ def test_multi_token_answer_word_is_refused():
 
     from lrt.configio import resolve_path
 
-    word_level = AutoTokenizer.from_pretrained(resolve_path("lrt:assets/tiny-backbone"))  # no "yes" in its vocabulary
-    with pytest.raises(LrtError, match="'yes' is the unknown token"):
-        yes_no_ids(word_level, PointwiseTemplate.preset("qwen3_reranker"))
+    word_level = AutoTokenizer.from_pretrained(resolve_path("lrt:assets/tiny-backbone"))  # no "maybe" in its vocabulary
+    assert len(set(yes_no_ids(word_level, PointwiseTemplate.preset("compact_pointwise")))) == 2  # it has yes/no
+    with pytest.raises(LrtError, match="'maybe' is the unknown token"):
+        yes_no_ids(word_level, PointwiseTemplate.preset("compact_pointwise", yes="maybe"))
 
 
 # ---- groups, sampling, losses ------------------------------------------------------------------

@@ -74,12 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from lrt.train.loop import eval_judgements, eval_ndcg, headline_key
 
     t_rr = time.perf_counter()
-    if recipe.pointwise:
-        from lrt.rerank_pointwise import PointwiseReranker
-
-        rr = PointwiseReranker.from_pretrained(res.final_dir, device="cpu")
-    else:
-        rr = Reranker.from_pretrained(res.final_dir, device="cpu")
+    rr = Reranker.from_pretrained(res.final_dir, device="cpu")  # the export's own mode (pointwise or first-token)
     ranked = rr.rerank_many([(e.qid, e.query, e.candidates) for e in trainer.eval_examples])
     ms_per_query = 1000 * (time.perf_counter() - t_rr) / max(1, len(ranked))
     exported = {q: [d for d, _ in v] for q, v in ranked.items()}

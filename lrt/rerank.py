@@ -98,6 +98,11 @@ class RerankerMeta:
         if self.bos is not None and isinstance(self.template, dict) and self.mode != "pointwise":
             self.template = {**self.template, "bos": "always" if self.bos == "prepended" else "never"}
 
+    @property
+    def default_mode(self) -> str:
+        """How this export reranks unless told otherwise: its own pointwise scoring, else first-token."""
+        return "pointwise" if self.mode == "pointwise" else "first_token"
+
     def save(self, out_dir: str | Path) -> None:
         Path(out_dir, META_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
 
@@ -239,7 +244,7 @@ class Reranker:
         if not Path(path).is_dir():
             raise LrtError(f"{path}: not a directory; give an exported model (`lrt export` / RUN_DIR/final)")
         meta = RerankerMeta.load(path)
-        mode = mode or ("pointwise" if meta.mode == "pointwise" else "first_token")
+        mode = mode or meta.default_mode
         if (meta.mode == "pointwise") != (mode == "pointwise"):
             raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json) cannot rerank in mode {mode}: "
                            + ("use --mode pointwise" if meta.mode == "pointwise" else "use first_token, full or generate"))

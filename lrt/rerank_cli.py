@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.mode is None:  # the export's own scoring: pointwise models record it in lrt_reranker.json
             from lrt.rerank import RerankerMeta
 
-            a.mode = "pointwise" if RerankerMeta.load(a.model).mode == "pointwise" else "first_token"
+            a.mode = RerankerMeta.load(a.model).default_mode
     check_output_path(a.out, "--out")
     if a.stats:
         check_output_path(a.stats, "--stats")

@@ -64,11 +64,8 @@ def example(rng: random.Random, tok, words: list[str], lmax: int, nmax: int, pro
     return toks, lab
 
 
-LMIN = 1  # set from --lmin
-
-
-def batch(rng: random.Random, tok, words: list[str], lmax: int, nmax: int, probes: int, size: int):
-    exs = [example(rng, tok, words, lmax, nmax, probes, LMIN) for _ in range(size)]
+def batch(rng: random.Random, tok, words: list[str], lmax: int, nmax: int, probes: int, size: int, lmin: int = 1):
+    exs = [example(rng, tok, words, lmax, nmax, probes, lmin) for _ in range(size)]
     T = max(len(t) for t, _ in exs)
     x = torch.full((size, T), tok.pad_token_id)
     y = torch.full((size, T), -100)
@@ -79,14 +76,15 @@ def batch(rng: random.Random, tok, words: list[str], lmax: int, nmax: int, probe
 
 
 @torch.no_grad()
-def accuracy(model, tok, words: list[str], lmax: int, nmax: int, probes: int, n: int, seed: int) -> float:
+def accuracy(model, tok, words: list[str], lmax: int, nmax: int, probes: int, n: int, seed: int,
+             lmin: int = 1) -> float:
     """Answer-letter accuracy on `n` held-out examples (own RNG stream: never seen in training)."""
     rng = random.Random(f"pretrain-eval:{seed}:{lmax}")
     was = model.training
     model.eval()
     hit = tot = 0
     for start in range(0, n, 64):
-        x, y, m = batch(rng, tok, words, lmax, nmax, probes, min(64, n - start))
+        x, y, m = batch(rng, tok, words, lmax, nmax, probes, min(64, n - start), lmin)
         pred = model(input_ids=x, attention_mask=m).logits[:, :-1].argmax(-1)
         tgt = y[:, 1:]
         sel = tgt != -100
@@ -151,8 +149,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="1 thread: bitwise-reproducible on CPU")
     a = ap.parse_args()
-    global LMIN
-    LMIN = a.lmin
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     state_dir = out / "pretrain_state"
@@ -186,7 +182,7 @@ def main() -> None:
         (state_dir / "state.json").write_text(json.dumps({**st, "rng": rng.getstate()}))
 
     while st["step"] < a.max_steps and time.time() - t0 < a.minutes * 60:
-        x, y, m = batch(rng, tok, words, st["lmax"], a.nmax, a.probes, a.batch)
+        x, y, m = batch(rng, tok, words, st["lmax"], a.nmax, a.probes, a.batch, a.lmin)
         warm = min(1.0, (st["step"] + 1) / 100)
         for g in opt.param_groups:
             g["lr"] = a.lr * warm
@@ -198,7 +194,7 @@ def main() -> None:
         st["step"] += 1
         run.append(loss.item())
         if st["step"] % a.eval_every == 0:
-            acc = accuracy(model, tok, words, st["lmax"], a.nmax, a.probes, 256, a.seed)
+            acc = accuracy(model, tok, words, st["lmax"], a.nmax, a.probes, 256, a.seed, a.lmin)
             rec = {"step": st["step"], "lmax": st["lmax"], "loss": sum(run) / len(run), "acc_at_lmax": acc,
                    "elapsed_s": round(st["train_seconds"] + time.time() - t0, 1)}
             if st["lmax"] < a.lfinal and acc >= a.advance:
@@ -210,8 +206,8 @@ def main() -> None:
             save()
     st["train_seconds"] = round(st["train_seconds"] + time.time() - t0, 1)
     save()
-    gate = accuracy(model, tok, words, a.lfinal, a.nmax, a.probes, 1024, a.seed + 1)
-    other_half = accuracy(model, tok, held, a.lfinal, a.nmax, a.probes, 512, a.seed + 1)
+    gate = accuracy(model, tok, words, a.lfinal, a.nmax, a.probes, 1024, a.seed + 1, a.lmin)
+    other_half = accuracy(model, tok, held, a.lfinal, a.nmax, a.probes, 512, a.seed + 1, a.lmin)
     model.save_pretrained(out, safe_serialization=True)
     summary = {"steps": st["step"], "lmax_reached": st["lmax"], "train_seconds": st["train_seconds"],
                "params": sum(p.numel() for p in model.parameters()),

@@ -111,8 +111,8 @@ def make_split(
     prefix = qid_prefix if qid_prefix is not None else f"s{seed}"
     n_grades = len(grade_probs)
     rows: list[dict[str, Any]] = []
+    allowed = None if query_vocabulary is None else set(query_vocabulary)
     for qi in range(n_queries):
-        allowed = None if query_vocabulary is None else set(query_vocabulary)
         while True:
             t = rng.randrange(len(world.topics))
             topic = world.topics[t]

@@ -23,8 +23,9 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-# Words of the prompt templates (lrt "compact" presets, chat roles) and of the backbone's pretraining
-# tasks (scripts/pretrain_tiny_backbone.py). Anything else maps to <|unk|>.
+# Words of the prompt templates (lrt "compact" presets, chat roles) and of backbone pretraining tasks
+# (scripts/pretrain_lookup_backbone.py uses find/is/in/where; the rest stay so that ids never move).
+# Anything else maps to <|unk|>.
 TEMPLATE_WORDS = [
     "system", "user", "assistant", "Query", "Passages", "Ranking", "Search", "Rank", "passages",
     "query", "id", "copy", "find", "in", "is", "items", "text", "where", "answer", "repeat", "list",

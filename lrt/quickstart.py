@@ -2,7 +2,7 @@
 nDCG@10 of its first-token reranking against the initial candidate order on held-out queries.
 
 Everything is offline and deterministic: the data come from `lrt.demo.world`, the backbone and
-tokenizer are shipped in `lrt/assets/tiny-backbone` (built by `scripts/pretrain_tiny_backbone.py`).
+tokenizer are shipped in `lrt/assets/tiny-backbone` (built by `scripts/pretrain_lookup_backbone.py`).
 """
 from __future__ import annotations
 
@@ -21,19 +21,24 @@ MIN_GAIN, MAX_P = 0.03, 0.01
 # The demo task (see lrt/assets/tiny-backbone/README.md for how these were chosen and measured).
 TASK = {"n_candidates": 5, "query_words": 1, "passage_len": (4, 6)}
 SPLITS = {"train": (20000, 11), "eval": (500, 12)}  # (queries, seed): disjoint random streams
+# Queries come only from the quickstart half of the lexicon (`vocabulary_split`): the shipped
+# backbone's lookup pretraining never asked about any of these words. The tag in the file names
+# keeps a run directory from an older lrt (queries from the whole lexicon) from being reused.
+DATA_TAG = "qhalf"
 
 
 def make_data(out: Path, max_queries: int | None = None) -> dict[str, Path]:
     """The demo splits (cached by size); `max_queries` caps each split for a short smoke run."""
-    from lrt.demo.world import make_split, write_jsonl
+    from lrt.demo.world import make_split, vocabulary_split, write_jsonl
 
+    queries = vocabulary_split()[1]
     paths = {}
     for name, (n, seed) in SPLITS.items():
         n = min(n, max_queries) if max_queries else n
-        p = out / (f"{name}.jsonl" if n == SPLITS[name][0] else f"{name}-{n}.jsonl")
+        p = out / (f"{name}-{DATA_TAG}.jsonl" if n == SPLITS[name][0] else f"{name}-{DATA_TAG}-{n}.jsonl")
         if not p.exists():
             write_jsonl(make_split(n, TASK["n_candidates"], seed, query_words=TASK["query_words"],
-                                   passage_len=TASK["passage_len"], qid_prefix=name), p)
+                                   passage_len=TASK["passage_len"], qid_prefix=name, query_vocabulary=queries), p)
         paths[name] = p
     return paths
 

@@ -10,14 +10,16 @@ never asks about (`lrt.demo.world.vocabulary_split`), no grades, no ranking, no 
 
 Task: letter-tagged segments `[A] w w\\n[B] w\\n...` (2..nmax segments of lmin..lmax words), then
 `probes` lookups whose answer is the letter of the one segment holding x (x is there 1-2 times):
-`find x [L]`, `x is in [L]`, `where is x ? [L]`, `Query : x Ranking : [L]`, or (a `--direct` share of
-them, training only) the bare word `x L`. Loss: cross-entropy on the answer letters, plus a hint:
+`find x [L]`, `x is in [L]`, `where is x ? [L]`, `Query : x Ranking : [L]`, two of them as chat turns
+(`... <|im_end|>\n<|im_start|>assistant\n[L]`: the answer several tokens after x, behind the turn
+markers, as in any chat-formatted prompt), or (a `--direct` share of them, training only) the bare
+word `x L`. Loss: cross-entropy on the answer letters, plus a hint:
 
   attention hint (`--hint`): from each answer position, head 0 of the last layer is trained to put its
   attention on the occurrences of x in the segments (-log of that attention mass). Without it the
   second hop is a chicken-and-egg problem (no signal for finding x until copying pays, and the other
   way round) and every design tried sat at chance or on a 0.65 shortcut for thousands of steps
-  (lrt/assets/tiny-backbone/README.md lists them); with it, held-out accuracy passes 0.9 in ~400 steps.
+  (lrt/assets/tiny-backbone/README.md lists them); with it, held-out accuracy passes 0.9 within 1,000.
   The hint is only a loss while pretraining: the saved model is a plain LlamaForCausalLM (SDPA).
 
 The gate (`--gate`, default 0.9) is answer accuracy on 1,024 held-out examples (own random stream,
@@ -44,7 +46,10 @@ from lrt.demo.tokenizer import build_tokenizer
 from lrt.demo.world import vocabulary_split
 
 LETTERS = [chr(65 + i) for i in range(26)]
-PROBES = ["find {x} [", "{x} is in [", "where is {x} ? [", "Query : {x} Ranking : ["]
+PROBES = ["find {x} [", "{x} is in [", "where is {x} ? [", "Query : {x} Ranking : [",
+          # the same questions as chat turns: the answer sits several tokens after x, behind the turn markers
+          "Query : {x} Ranking : <|im_end|>\n<|im_start|>assistant\n[",
+          "<|im_start|>user\nwhere is {x} ?<|im_end|>\n<|im_start|>assistant\n["]
 
 
 def example(rng: random.Random, tok, words: list[str], nmax: int, probes: int, lmin: int, lmax: int,

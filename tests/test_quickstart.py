@@ -34,3 +34,11 @@ def test_quickstart_prints_paired_tests_and_a_consistent_verdict(tmp_path: Path,
     assert ("ranks better than both" in out.stdout) == rule and ("Not shown" in out.stdout) == (not rule)
     assert f"== lrt quickstart ({mode})" in out.stdout and "ms/query" in out.stdout
     assert (tmp_path / "qs" / "run" / "final" / "lrt_reranker.json").is_file()
+    # the queries come from the quickstart half of the vocabulary only: the backbone's lookup
+    # pretraining used the other half (lrt/assets/tiny-backbone/README.md)
+    from lrt.demo.world import vocabulary_split
+
+    pretrain_half, quick_half = map(set, vocabulary_split())
+    data = sorted((tmp_path / "qs" / "data").glob("*.jsonl"))
+    queries = [json.loads(line)["query"] for f in data for line in f.read_text().splitlines()]
+    assert len(data) == 2 and queries and set(queries) <= quick_half and not set(queries) & pretrain_half

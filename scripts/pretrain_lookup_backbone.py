@@ -6,12 +6,12 @@ learns which identifier it sits under, and the answer position finds the query w
 copies what they carry. Trained on ranking alone, a tiny model never leaves the display-order plateau
 within the quickstart's budget; a real LLM brings this skill from pretraining. This script gives the
 tiny model that skill on data that is NOT the quickstart's: only the vocabulary half the quickstart
-never asks about (`lrt.demo.world.vocabulary_split`), no grades, no ranking, no chat template.
+never asks about (`lrt.demo.world.vocabulary_split`), no grades, no ranking, no `Passages:` prompt.
 
 Task: letter-tagged segments `[A] w w\\n[B] w\\n...` (2..nmax segments of lmin..lmax words), then
 `probes` lookups whose answer is the letter of the one segment holding x (x is there 1-2 times):
 `find x [L]`, `x is in [L]`, `where is x ? [L]`, `Query : x Ranking : [L]`, two of them as chat turns
-(`... <|im_end|>\n<|im_start|>assistant\n[L]`: the answer several tokens after x, behind the turn
+(`... <|im_end|>\\n<|im_start|>assistant\\n[L]`: the answer several tokens after x, behind the turn
 markers, as in any chat-formatted prompt), or (a `--direct` share of them, training only) the bare
 word `x L`. Loss: cross-entropy on the answer letters, plus a hint:
 
@@ -24,11 +24,12 @@ word `x L`. Loss: cross-entropy on the answer letters, plus a hint:
 
 The gate (`--gate`, default 0.9) is answer accuracy on 1,024 held-out examples (own random stream,
 phrased probes only, no bare-word probes). Also reported, not gated: the same on the quickstart's
-vocabulary half, which pretraining never saw in a probe.
+vocabulary half, whose words never occur in pretraining.
 
 Every `--save-every` steps the model, optimizer, RNG state and log are written to
 `<out>/pretrain_state/` (safetensors / weights-only tensors + JSON), so an interrupted run resumes where
-it stopped (the state is removed once a run reaches --max-steps and passes the gate). On one thread the run is bitwise reproducible; the shipped weights came from:
+it stopped (the state is removed once a run reaches --max-steps and passes the gate). On one thread
+the run is bitwise reproducible; the shipped weights came from:
 
     .venv/bin/python scripts/pretrain_lookup_backbone.py --out lrt/assets/tiny-backbone --max-steps 1000
 """

@@ -1,5 +1,5 @@
 """A pointwise model trained by `lrt train`, served outside lrt: sentence-transformers' CrossEncoder loads the
-`lrt export --to-seq-cls` conversion and gives the scores of `lrt rerank --mode pointwise` (the README
+`lrt export --to-seq-cls` conversion and gives the scores of `lrt rerank --mode pointwise` (the docs/pointwise.md
 snippet, run as written); the config fields and the score template vLLM's score API reads."""
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def served(pw_recipe, tmp_path_factory):  # noqa: F811
 
 
 def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs/pointwise.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- tested: tests/test_pointwise_serving.py -->\n( *)```python\n(.*?)\n *```", text, re.S)
-    assert m, "README: the CrossEncoder snippet (marked for tests/test_pointwise_serving.py) is missing"
+    assert m, "docs/pointwise.md: the CrossEncoder snippet (marked for tests/test_pointwise_serving.py) is missing"
     return textwrap.dedent(m.group(2))
 
 
@@ -50,7 +50,7 @@ def test_cross_encoder_gives_the_lrt_rerank_scores(served, tmp_path, capsys):
     from lrt.rerank import Reranker, monotone_scores
 
     ns: dict = {}
-    exec(compile(readme_snippet().replace('"SEQ_DIR"', repr(str(served / "seq"))), "README.md", "exec"), ns)  # noqa: S102
+    exec(compile(readme_snippet().replace('"SEQ_DIR"', repr(str(served / "seq"))), "docs/pointwise.md", "exec"), ns)  # noqa: S102
     pairs, scores, probs = ns["pairs"], [float(x) for x in ns["scores"]], [float(x) for x in ns["probs"]]
     assert len(pairs) == len(scores) == 3
     # the lrt pointwise scorer of the causal-LM export: the same numbers (fp32)

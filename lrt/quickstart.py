@@ -2,7 +2,7 @@
 nDCG@10 of its first-token reranking against the initial candidate order on held-out queries.
 
 Everything is offline and deterministic: the data come from `lrt.demo.world`, the backbone and
-tokenizer are shipped in `lrt/assets/tiny-backbone` (built by `scripts/pretrain_lookup_backbone.py`).
+tokenizer are shipped in `lrt/assets/tiny-backbone` (built by `research/pretrain_lookup_backbone.py`).
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_offsets_are_character_spans(tok) -> None:
 def test_backbone_loads_offline_and_is_small() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert BACKBONE.is_dir(), "run scripts/pretrain_lookup_backbone.py"
+    assert BACKBONE.is_dir(), "run research/pretrain_lookup_backbone.py"
     size = sum(p.stat().st_size for p in BACKBONE.rglob("*") if p.is_file())
     assert size <= 20 * 1024 * 1024
     model = AutoModelForCausalLM.from_pretrained(str(BACKBONE))
@@ -104,7 +104,7 @@ def test_vocabulary_split_is_disjoint_and_queries_stay_in_their_half() -> None:
 def _pretrain_script():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pretrain_lookup_backbone", ROOT / "scripts" / "pretrain_lookup_backbone.py")
+    spec = importlib.util.spec_from_file_location("pretrain_lookup_backbone", ROOT / "research" / "pretrain_lookup_backbone.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
@@ -146,7 +146,7 @@ def test_pretraining_script_resumes_bitwise_and_refuses_an_ungated_model(tmp_pat
     from safetensors.torch import load_file
 
     def run(out: Path, steps: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_lookup_backbone.py"), "--out", str(out),
+        return subprocess.run([sys.executable, str(ROOT / "research" / "pretrain_lookup_backbone.py"), "--out", str(out),
                                "--max-steps", str(steps), "--batch", "4", "--eval-every", "2", "--save-every", "2"],
                               capture_output=True, text=True, timeout=300)
 

@@ -3,7 +3,7 @@
 The `ref_*` functions are deliberately naive: one list at a time, explicit loops over pairs or
 positions, formulas as printed in the papers (RankNet / FIRST, Wang et al. CIKM'18, Plackett–Luce,
 Qin et al. 2010, LiPO). They take a 1-D score tensor (autograd works through them) and Python
-lists of ranks / relevance, so `scripts/bench_losses.py` reuses them as the loop baseline.
+lists of ranks / relevance, so `lrt bench losses` (lrt/bench/losses.py) reuses them as the loop baseline.
 """
 from __future__ import annotations
 

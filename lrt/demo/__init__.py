@@ -3,7 +3,7 @@
 Why it exists: the quickstart must show a *measured* reranking gain in minutes on 2 CPU cores, with
 no downloads. `world` generates seeded queries/passages with graded relevance and a weak first-stage
 order; `tokenizer` builds a word-level fast tokenizer for it; `lrt/assets/tiny-backbone` is a tiny
-Llama pretrained on segment lookup over the other half of the vocabulary (scripts/pretrain_lookup_backbone.py).
+Llama pretrained on segment lookup over the other half of the vocabulary (research/pretrain_lookup_backbone.py).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
 )
 
 # Words of the prompt templates (lrt "compact" presets, chat roles) and of backbone pretraining tasks
-# (scripts/pretrain_lookup_backbone.py uses find/is/in/where; the rest stay so that ids never move).
+# (research/pretrain_lookup_backbone.py uses find/is/in/where; the rest stay so that ids never move).
 # Anything else maps to <|unk|>.
 TEMPLATE_WORDS = [
     "system", "user", "assistant", "Query", "Passages", "Ranking", "Search", "Rank", "passages",

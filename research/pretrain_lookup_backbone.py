@@ -31,7 +31,7 @@ Every `--save-every` steps the model, optimizer, RNG state and log are written t
 it stopped (the state is removed once a run reaches --max-steps and passes the gate). On one thread
 the run is bitwise reproducible; the shipped weights came from:
 
-    .venv/bin/python scripts/pretrain_lookup_backbone.py --out lrt/assets/tiny-backbone --max-steps 1000
+    .venv/bin/python research/pretrain_lookup_backbone.py --out lrt/assets/tiny-backbone --max-steps 1000
 """
 from __future__ import annotations
 

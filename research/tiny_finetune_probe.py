@@ -10,7 +10,7 @@ s_i = h_ans . W_lm[id(label_i)] (final-normed hidden, tied LM head). Loss = mean
 target + rank_weight * weighted RankNet (pairs r_i < r_j, weight 1/(r_i+r_j), softplus(-(s_i-s_j)),
 averaged over pairs).
 
-    .venv/bin/python scripts/tiny_finetune_probe.py --backbone lrt/assets/tiny-backbone --minutes 5
+    .venv/bin/python research/tiny_finetune_probe.py --backbone lrt/assets/tiny-backbone --minutes 5
 """
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ from lrt.errors import DataError, LrtError
 from lrt.io.trec import read_qrels, read_run, trec_order
 
 DEFAULT_MEASURES: tuple[str, ...] = ("nDCG@1", "nDCG@5", "nDCG@10", "RR(rel=2)@10", "R(rel=2)@100")
+# Binary qrels (every grade 0/1): RR(rel=2) and R(rel=2) would read 0, so the defaults count grade 1.
+BINARY_MEASURES: tuple[str, ...] = ("nDCG@1", "nDCG@5", "nDCG@10", "RR@10", "R@100")
 RunLike = Mapping[str, Union[Sequence[str], Sequence[tuple[str, float]], Mapping[str, float]]]
 QrelsLike = Mapping[str, Mapping[str, int]]
 PerQuery = dict[str, dict[str, float]]
@@ -224,6 +226,50 @@ def paired_test(a: Mapping[str, float], b: Mapping[str, float], resamples: int =
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "ties": int((d == 0).sum())}
 
 
+def default_measures(qrels: QrelsLike) -> tuple[str, ...]:
+    """The default measures that fit these qrels: DL19-style graded (a grade >= 2 exists) or binary."""
+    graded = any(float(rel) >= 2 for docs in qrels.values() for rel in docs.values())
+    return DEFAULT_MEASURES if graded else BINARY_MEASURES
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order.
+
+    Why Holm: several runs tested against one baseline are a family of tests; Holm controls the
+    family-wise error like Bonferroni but is uniformly more powerful, and assumes no independence.
+    """
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def significance(qrels: QrelsLike, runs: Mapping[str, RunLike], baseline: RunLike,
+                 measures: Sequence[str | Measure] | str = DEFAULT_MEASURES, all_queries: bool = False,
+                 resamples: int = 20000, seed: int = 0) -> list[dict[str, str | int | float]]:
+    """Every run against one baseline, per measure: the paired test over the queries both score
+    (`paired_test`: mean difference, wins/ties/losses, paired t, randomization p) and the Holm-adjusted
+    p over the runs (one family per measure)."""
+    ms = [str(m) for m in parse_measures(measures)]
+    _, base = _calc(qrels, baseline, ms, all_queries)
+    rows: list[dict[str, str | int | float]] = []
+    for name, run in runs.items():
+        _, pq = _calc(qrels, run, ms, all_queries)
+        for m in ms:
+            res = paired_test({q: v[m] for q, v in pq.items()}, {q: v[m] for q, v in base.items()},
+                              resamples=resamples, seed=seed)
+            rows.append({"run": name, "measure": m, "diff": res["mean_diff"], "wins": res["wins"],
+                         "ties": res["ties"], "losses": res["losses"], "t": res["t"], "p": res["p"],
+                         "queries": res["queries"]})
+    for m in ms:
+        family = [r for r in rows if r["measure"] == m]
+        for r, adj in zip(family, holm([float(r["p"]) for r in family])):
+            r["p_holm"] = adj
+    return rows
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lrt eval", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -235,8 +281,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qrels", required=True, help="TREC qrels file: 'qid iter docid rel'")
     p.add_argument("--run", required=True, action="append", dest="runs", metavar="RUN",
                    help="TREC run 'qid Q0 docid rank score tag'; repeat to compare runs")
-    p.add_argument("--measures", default=",".join(DEFAULT_MEASURES),
-                   help="comma-separated ir_measures names (default: %(default)s)")
+    p.add_argument("--measures", default=None,
+                   help="comma-separated ir_measures names (default: " + ",".join(DEFAULT_MEASURES) +
+                        " on graded qrels, " + ",".join(BINARY_MEASURES) + " on binary ones)")
+    p.add_argument("--baseline", metavar="RUN", default=None,
+                   help="TREC run to test every --run against: per measure the mean difference, "
+                        "wins/ties/losses, paired t and a paired randomization p (20,000 sign flips), "
+                        "Holm-adjusted over the runs")
+    p.add_argument("--resamples", type=int, default=20000, help="sign flips of the randomization test")
     p.add_argument("--per-query", action="store_true", help="also print every query's values")
     p.add_argument("--all-queries", action="store_true",
                    help="average over all qrels queries, missing ones scoring 0 (trec_eval -c)")
@@ -248,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     """`lrt eval`: returns 0, or 2 after printing `error: ...` for a user mistake."""
     args = _parser().parse_args(argv)
     try:
-        measures = parse_measures(args.measures)
         qrels = read_qrels(args.qrels)
+        measures = parse_measures(args.measures if args.measures is not None else default_measures(qrels))
+        if args.resamples < 99:
+            raise LrtError(f"--resamples {args.resamples}: use at least 99 (the p-value's floor is 1/(resamples+1))")
         names = [Path(r).name for r in args.runs]
         names = names if len(set(names)) == len(names) else list(args.runs)
         report: dict[str, dict] = {}
@@ -263,19 +317,31 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             report[name] = {"path": str(path), "queries": len(by_query), "mean": aggregate,
                             **({"per_query": by_query} if args.per_query else {})}
+        tests: list[dict[str, str | int | float]] = []
+        if args.baseline is not None:
+            runs = {n: read_run(pth) for n, pth in zip(names, args.runs)}
+            tests = significance(qrels, runs, read_run(args.baseline), measures, args.all_queries,
+                                 resamples=args.resamples)
     except LrtError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         query_set = "all_qrels_queries" if args.all_queries else "run_and_qrels"
         print(json.dumps({"measures": [str(m) for m in measures], "query_set": query_set,
-                          "runs": report}, indent=2))
-    elif args.per_query:
+                          "runs": report, **({"baseline": {"path": str(args.baseline), "tests": tests}}
+                                              if args.baseline is not None else {})}, indent=2))
+        return 0
+    if args.per_query:
         print(format_table([{"run": n, "qid": q, **v} for n, r in report.items()
                             for q, v in [*r["per_query"].items(), ("all", r["mean"])]]))
     else:
         print(format_table([{"run": n, **r["mean"], "queries": r["queries"]}
                             for n, r in report.items()]))
+    if tests:
+        print(f"\nagainst the baseline {args.baseline} (two-sided paired randomization test, "
+              f"{args.resamples} sign flips; p_holm: Holm-adjusted over the {len(report)} run(s)):")
+        print(format_table([{k: (f"{v:.2g}" if k in ("p", "p_holm") else v) for k, v in r.items()}
+                            for r in tests]))
     return 0
 
 

@@ -7,6 +7,7 @@ imports) so every layer, prep included, can use it.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -15,6 +16,9 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 log = logging.getLogger("lrt")
 T = TypeVar("T")
+# The plain lines' rate and ETA come from the last RATE_WINDOW seconds (at least 2 print intervals), not
+# from the start: under a changing load an average since the start keeps a stale ETA for many minutes.
+RATE_WINDOW = 120.0
 
 
 def is_tty() -> bool:
@@ -47,6 +51,7 @@ class Progress:
         self._bar = None
         self._t0 = self._last = time.monotonic()
         self._n0 = initial
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(self._t0, initial)])
         self._closed = False
         self._printed_at = initial - 1
         if enabled and is_tty():
@@ -62,6 +67,8 @@ class Progress:
             self._bar.update(n)
             return
         now = time.monotonic()
+        if now - self._samples[-1][0] >= 0.5:  # at most two samples a second: bounded memory
+            self._samples.append((now, self.n))
         if now - self._last >= _interval():
             self._last = now
             self._line()
@@ -70,6 +77,7 @@ class Progress:
         """Measure rate and ETA from now (e.g. after an evaluation that ran before the first step)."""
         self._t0 = self._last = time.monotonic()
         self._n0 = self.n
+        self._samples = collections.deque([(self._t0, self.n)])
         if self._bar is not None:
             self._bar.reset(total=self.total)
             self._bar.update(self.n)
@@ -81,10 +89,20 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(**self.postfix)
 
+    def rate(self) -> float:
+        """Items per second over the recent window (as tqdm smooths its bar's rate), else since the start."""
+        now = time.monotonic()
+        window = max(RATE_WINDOW, 2 * _interval())
+        while len(self._samples) > 1 and now - self._samples[1][0] >= window:
+            self._samples.popleft()  # keep one sample at or before the window's start
+        t0, n0 = self._samples[0]
+        return (self.n - n0) / (now - t0) if now > t0 else 0.0
+
     def line(self) -> str:
-        """The plain-text status: `desc 120/4000 (3%) loss=0.41 | 2.31 it/s, 00:52 elapsed, eta 28:01`."""
+        """The plain-text status: `desc 120/4000 (3%) loss=0.41 | 2.31 it/s, 00:52 elapsed, eta 28:01`,
+        rate and ETA from the last couple of minutes."""
         el = time.monotonic() - self._t0
-        rate = (self.n - self._n0) / el if el > 0 else 0.0
+        rate = self.rate()
         pos = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else f"{self.n}"
         post = " ".join(f"{k}={v}" for k, v in self.postfix.items())
         eta = f", eta {_hms((self.total - self.n) / rate)}" if self.total and rate > 0 and self.n < self.total else ""

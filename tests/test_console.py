@@ -159,3 +159,23 @@ def test_list_stats_count_lists_cut_to_fit(tokenizers):
     assert n_cut >= 1 and [r["truncated"] for r in cut] == [len(f["input_ids"]) > longest - 5 for f in full]
     s = list_stats(cut, longest - 5)
     assert s["truncated"] == n_cut and s["tokens_max"] <= longest - 5 and s["lists"] == 3
+
+
+def test_progress_eta_follows_the_recent_rate(monkeypatch, caplog):
+    """A run that sped up 8x: rate and ETA are the last minutes', not the average since the start."""
+    import lrt.progress as progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("LRT_PROGRESS_INTERVAL", "30")
+    with caplog.at_level("INFO", logger="lrt"):
+        p = Progress(5000, "train", unit="step")
+        for _ in range(300):  # 300 steps at 1 step/s
+            clock[0] += 1.0
+            p.update()
+        for _ in range(1440):  # then 8 steps/s for 180 s, past the 120 s window (0.125: exact in binary)
+            clock[0] += 0.125
+            p.update()
+    line = p.line()  # 3,260 steps left: 06:47 at 8 steps/s; the since-start rate (3.6/s) would say 15:05
+    assert "1740/5000" in line and "8.00 step/s" in line and "08:00 elapsed, eta 06:47" in line, line
+    assert any("step/s" in r.getMessage() for r in caplog.records)  # the periodic lines use the same rate

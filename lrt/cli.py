@@ -21,11 +21,11 @@ commands:
   prep JOB.yaml [key=value ...]     build listwise labels with a teacher / import public formats
   prep tokenize RECIPE [...]        build the tokenised data cache ahead of training (--num-shards/--shard-id)
   rerank ...                        rerank a TREC run with an exported model (lrt rerank -h)
-  eval --qrels Q --run R [...]      trec_eval-exact metrics via ir-measures (lrt eval -h)
+  eval --qrels Q --run R [--baseline B]  trec_eval-exact metrics; paired tests vs a baseline (lrt eval -h)
   export RUN_DIR --out DIR          merge LoRA and write a Hugging Face reranker checkpoint
   plot RUN_DIR [RUN_DIR ...]        loss terms, LR, grad norm and eval nDCG of runs, overlaid (PNG)
   bench ...                         benchmarks (lrt bench -h)
-  recipes list | copy NAME DEST     list the shipped recipes/prep jobs/launch files; copy one out
+  recipes list | copy NAME DEST | reference   shipped recipes/prep jobs/launch files; copy one out; every recipe key
 
 options:
   -V, --version                     print lrt's version

@@ -20,52 +20,83 @@ from lrt.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+    # use_attribute_docstrings: the docstring under each field is its description (docs/recipe-reference.md)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 class LoraConfig(Strict):
     r: int = Field(16, gt=0)
+    """LoRA rank of each adapter matrix."""
     alpha: float = Field(32, gt=0)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = Field(0.05, ge=0, lt=1)
+    """dropout on the adapter inputs, active in training forwards only."""
     target_modules: str | list[str] = "all-linear"
+    """modules that get adapters: peft's 'all-linear' or a list of module names."""
     modules_to_save: list[str] = []
+    """modules trained in full and saved beside the adapter (e.g. lm_head, embed_tokens)."""
 
 
 class QuantConfig(Strict):
     """bitsandbytes k-bit loading for QLoRA."""
 
     bits: Literal[4, 8] = 4
+    """load the frozen base in 4 or 8 bits (bitsandbytes; CUDA)."""
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: nf4 (QLoRA's) or fp4."""
     double_quant: bool = True
+    """also quantise the quantisation constants (saves ~0.4 bit per parameter)."""
     compute_dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    """dtype the quantised matmuls compute in."""
 
 
 class ModelConfig(Strict):
     name_or_path: str
+    """Hub id, local directory or lrt:PATH of the model to fine-tune (or whose config to build with init=from_config)."""
     tokenizer: str | None = None
+    """tokenizer to use instead of the model's own (Hub id or directory), e.g. a real tokenizer beside a config built with init=from_config."""
     init: Literal["pretrained", "from_config"] = "pretrained"
+    """pretrained: load the weights; from_config: random weights from the config (CPU experiments with a real tokenizer, no download)."""
     config_overrides: dict[str, Any] = {}
+    """config fields changed before the model is built or loaded, e.g. {num_hidden_layers: 2, hidden_size: 128} (unknown keys and wrong types are errors)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the weights are loaded in."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """attention kernel; flash_attention_2 falls back to sdpa with a warning when not installed."""
     trust_remote_code: bool = False
+    """run the model repository's own Python code (off: nothing from a model directory is executed)."""
     gradient_checkpointing: bool = False
+    """recompute activations in backward (non-reentrant): far less activation memory, ~30% more compute."""
     neftune_alpha: float | None = Field(None, ge=0)
+    """NEFTune noise scale on input embeddings in training forwards (5 in FIRST); null: off."""
     lora: LoraConfig | None = None
+    """train LoRA adapters instead of the full model (null: full fine-tuning)."""
     quantization: QuantConfig | None = None
+    """QLoRA: load the frozen base quantised (needs lora)."""
 
 
 class DataConfig(Strict):
     train: str
+    """training lists: a canonical JSONL/Parquet file or a datasets name (see the README's canonical example)."""
     eval: str | None = None
+    """held-out lists for in-training evaluation (same format; eval.data overrides it)."""
     split: str = "train"
+    """split to read when data.train names a datasets dataset."""
     on_invalid: Literal["error", "skip"] = "error"
+    """a bad row: error (stop with file:line) or skip (count and report it)."""
     window: int | None = Field(None, gt=1, description="candidates per training list (first ones in display order)")
     max_length: int = Field(4096, gt=16)
+    """token budget of one training sequence; passages are cut to fit, the answer never."""
     padding_side: Literal["left", "right"] = "right"
+    """pad micro-batches on the left or the right (scores are equal either way; tested)."""
     limit: int | None = Field(None, gt=0)
+    """read only the first N lists (quick runs)."""
     num_proc: int = Field(1, ge=1)
+    """processes that tokenise the data when the cache is built."""
     # tokenised cache (lrt.data.cache): built once, memory-mapped by every rank
     cache: bool = True
+    """tokenise once into memory-mapped Arrow stores shared by every rank (false: encode in memory at every start)."""
     cache_dir: str | None = Field(None, description="default <output_dir>/data-cache; share it between runs")
     group_by_length: bool | None = Field(None, description="default: on when train.per_device_batch_size > 1")
     num_workers: int = Field(0, ge=0, description="DataLoader processes collating batches ahead of the step")
@@ -74,15 +105,25 @@ class DataConfig(Strict):
 class PromptConfig(Strict):
     preset: Literal["first_alpha", "rank_llm", "rank_llm_numeric", "rankgpt_numeric", "compact",
                     "qwen3_reranker", "compact_pointwise"] = "first_alpha"  # *_pointwise, qwen3_reranker: scoring.mode=pointwise
+    """prompt template: first_alpha, rank_llm (rank_llm's FIRST prompt byte for byte), rank_llm_numeric, rankgpt_numeric, compact; pointwise: qwen3_reranker, compact_pointwise."""
     system: str | None = None
+    """system message replacing the preset's."""
     prefix: str | None = None
+    """text before the passages replacing the preset's ({query} and {num} are filled in)."""
     suffix: str | None = None
+    """text after the passages replacing the preset's."""
     passage: str | None = None
+    """how one passage is written, e.g. '[{id}] {text}\n'."""
     identifiers: Literal["alpha", "numeric", "special"] | None = None
+    """candidate identifiers: alpha (A-Z), numeric (1, 2, ...) or special (<id_1>..<id_N>, added tokens); null: the preset's."""
     max_passage_tokens: int = Field(300, gt=0)
+    """each passage is cut to this many tokens (training, teachers and reranking alike)."""
     chat_template: Literal["auto", "none"] = "auto"
+    """auto: wrap the prompt in the tokenizer's chat template when it has one; none: plain text."""
     system_in_user: bool = False
+    """fold the system text into the user turn (chat templates without a system role)."""
     bos: Literal["auto", "always", "never"] = "auto"  # auto: BOS iff the tokenizer adds one and the template has none
+    """auto: BOS iff the tokenizer adds one to text and the chat template writes none (as vLLM does); always; never."""
 
 
 class ScoringConfig(Strict):
@@ -90,19 +131,24 @@ class ScoringConfig(Strict):
     (one sequence per candidate, logit(yes) - logit(no); lrt.data.pointwise)."""
 
     mode: Literal["first_token", "pointwise"] = "first_token"
+    """first_token: one listwise prompt per list, identifier logits at the answer position; pointwise: one sequence per candidate, logit(yes) - logit(no)."""
     negatives: int | None = Field(None, ge=1, description="pointwise: train on the teacher's top-1 + this many others "
                                                           "per list, drawn per step (None: every candidate)")
     pair_batch: int | None = Field(None, gt=0, description="pointwise: pairs per forward (activation-checkpointed "
                                                            "chunks of a micro-batch's groups); None: all at once")
     instruction: str | None = None  # pointwise: the template's {instruction} (preset default otherwise)
+    """pointwise: the template's {instruction} (null: the preset's)."""
 
 
 class LossTerm(Strict):
     """One weighted term of the objective: `lm` or any registered ranking loss."""
 
     name: str
+    """lm or a registered ranking loss (ranknet, lambdaloss, listnet, listmle, approxndcg, softmax_ce, lipo_lambda, bce, ...)."""
     weight: float = Field(1.0, gt=0, le=1e6)
+    """the term's weight in the objective's sum."""
     params: dict[str, Any] = {}
+    """the loss's own parameters (checked at load; see docs/recipes.md#losses)."""
 
 
 LM_PARAMS = {"importance", "alpha", "normalize", "chunk_size", "kernel"}
@@ -111,49 +157,85 @@ LM_PARAMS = {"importance", "alpha", "normalize", "chunk_size", "kernel"}
 class TrainConfig(Strict):
     seed: int = Field(42, ge=0, lt=2**32, description="random, numpy and torch seed (numpy needs < 2**32)")
     epochs: float = Field(1.0, gt=0, le=1e6)
+    """passes over the training lists (ignored when max_steps is set)."""
     max_steps: int | None = Field(None, gt=0)
+    """optimizer steps to run (overrides epochs)."""
     per_device_batch_size: int = Field(1, gt=0)
+    """lists per micro-batch on each process."""
     grad_accum: int = Field(1, gt=0)
+    """micro-batches accumulated per optimizer step; global batch = per_device_batch_size x grad_accum x processes."""
     lr: float = Field(5e-6, gt=0, le=1.0)
+    """peak learning rate of AdamW."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
     eps: float = Field(1e-8, gt=0, le=1.0)
+    """AdamW epsilon."""
     warmup_steps: int = Field(0, ge=0)
+    """linear warm-up steps from 0 to lr."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """learning-rate schedule after warm-up."""
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """the schedule's final learning rate as a fraction of lr."""
     max_grad_norm: float | None = Field(1.0, gt=0)
+    """clip the global gradient norm to this (null: no clipping)."""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast (scores and losses stay fp32)."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """adamw (torch), or adamw8bit (bitsandbytes, not under DeepSpeed)."""
     save_every: int | None = Field(None, gt=0)
+    """write a checkpoint every N optimizer steps (null: only at preemption)."""
     keep_last: int = Field(2, gt=0)
+    """checkpoints kept (the best one under eval.select_best is kept too)."""
     resume: str = "none"  # none | auto | path to a checkpoint directory
+    """none (fresh run), auto (the newest checkpoint that verifies), or a checkpoint directory."""
     overwrite_output_dir: bool = False  # a fresh run may replace a previous run's checkpoints/metrics in output_dir
+    """a fresh run may replace an earlier run's checkpoints and metrics in output_dir."""
     on_nonfinite: Literal["stop", "skip"] = "stop"  # non-finite loss/grad norm: stop, or skip that update
+    """a NaN/Inf loss or gradient norm: stop (name the step and the last good checkpoint) or skip that update."""
     deepspeed: str | None = None
+    """DeepSpeed JSON (lrt:resources/launch/ds_zero2.json, ds_zero3.json, ds_zero3_offload.json); batch, clipping and precision are filled from the recipe."""
     log_every: int = Field(10, gt=0)
+    """steps per metrics.jsonl training record (interval means)."""
     save_final: bool = True
+    """export the model to output_dir/final at the end."""
 
 
 class EvalConfig(Strict):
     data: str | None = None  # defaults to data.eval
+    """held-out lists (default: data.eval)."""
     qrels: str | None = None  # TREC qrels file: trec_eval-exact eval/nDCG@10 (else the rows' own `qrels`)
+    """TREC qrels file: trec_eval-exact eval/nDCG@10 (else the rows' own qrels, or candidate grades)."""
     every: int | None = Field(None, gt=0)
+    """evaluate every N optimizer steps (null: only at start/end)."""
     at_start: bool = True
+    """evaluate before the first step (the backbone's figure)."""
     at_end: bool = True
+    """evaluate after the last step."""
     window: int | None = Field(None, gt=1)
+    """candidates per reranking window during evaluation (null: the training window, else every candidate)."""
     stride: int | None = Field(None, gt=0)
+    """window stride during evaluation (null: half the window)."""
     batch_size: int = Field(8, gt=0)
+    """windows per forward during evaluation."""
     max_queries: int | None = Field(None, gt=0)
+    """evaluate on the first N held-out queries only."""
     select_best: bool = False
+    """final/ is the export of the best evaluated checkpoint, not the last step (needs every and save_every)."""
 
 
 class LogConfig(Strict):
-    # trackers besides metrics.jsonl; env LRT_REPORT_TO (comma list or "none") wins over this list
     report_to: list[Literal["wandb", "tensorboard", "trackio", "mlflow"]] = Field(default_factory=list)
-    wandb: Literal["disabled", "offline", "online"] = "disabled"  # wandb's mode (env WANDB_MODE wins); not disabled = in report_to
+    """trackers besides metrics.jsonl (env LRT_REPORT_TO, a comma list or 'none', wins over this list)."""
+    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    """wandb's mode (env WANDB_MODE wins); anything but disabled adds wandb to report_to."""
     project: str = "lrt"
+    """project name for the trackers."""
     run_name: str | None = None
+    """run name for the trackers (null: output_dir's name)."""
     progress: bool = True
+    """show progress bars / periodic progress lines."""
 
 
 def _default_loss() -> list[LossTerm]:
@@ -162,14 +244,23 @@ def _default_loss() -> list[LossTerm]:
 
 class Recipe(Strict):
     model: ModelConfig
+    """the model to fine-tune and how it is loaded."""
     data: DataConfig
+    """training and evaluation data, the token budget, the tokenised cache."""
     prompt: PromptConfig = PromptConfig()
+    """the prompt template the model is trained, evaluated and exported with."""
     scoring: ScoringConfig = ScoringConfig()
+    """how a list is scored (listwise first-token or pointwise pairs)."""
     loss: list[LossTerm] = Field(default_factory=_default_loss)
+    """the objective: a list of weighted terms."""
     train: TrainConfig = TrainConfig()
+    """optimisation, schedule, checkpoints, resume, DeepSpeed."""
     eval: EvalConfig = EvalConfig()
+    """in-training evaluation."""
     log: LogConfig = LogConfig()
+    """trackers and console."""
     output_dir: str = Field(min_length=1)
+    """where checkpoints, metrics, plots and final/ go."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> "Recipe":

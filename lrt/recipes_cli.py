@@ -2,6 +2,7 @@
 
     lrt recipes list
     lrt recipes copy first-mistral-7b ./my.yaml      # or a prep job: lrt recipes copy dl19-eval ./dl19.yaml
+    lrt recipes reference                             # every recipe key: type, default, description (Markdown)
 
 A copy stays valid from its new place: relative paths in a shipped file resolve against its folder
 inside `lrt/resources/`. The copy rewrites each one: a file that ships with the package becomes an
@@ -123,4 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return list_(argv[1:])
     if argv[0] == "copy":
         return copy(argv[1:])
-    raise LrtError(f"lrt recipes: unknown action {argv[0]!r}; use `lrt recipes list` or `lrt recipes copy NAME DEST`")
+    if argv[0] == "reference":
+        from lrt.recipe_reference import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
+    raise LrtError(f"lrt recipes: unknown action {argv[0]!r}; use `lrt recipes list`, `lrt recipes copy NAME DEST` "
+                   "or `lrt recipes reference`")

@@ -133,10 +133,10 @@ def test_train_stops_before_the_first_step(tmp_path, capsys, case):
 
 def test_validate_checks_rows_and_counts_skips(tmp_path, capsys):
     recipe, _ = _recipe(tmp_path, "train.jsonl", jsonl(ROWS), "train")
-    rc, out = run_cli(capsys, "validate", str(recipe))
+    rc, out = run_cli(capsys, "validate", str(recipe), "--max-unknown-share", "1")  # rows, not words, are checked here
     assert rc == 0 and "data.train: 4 valid rows" in out and "eval data: 4 valid rows" in out, out
     recipe, _ = _recipe(tmp_path, "train.jsonl", jsonl([*ROWS, _row(1, ranking=[])]), "train")
-    rc, out = run_cli(capsys, "validate", str(recipe), "data.on_invalid=skip")
+    rc, out = run_cli(capsys, "validate", str(recipe), "data.on_invalid=skip", "--max-unknown-share", "1")
     assert rc == 0 and "data.train: 4 valid rows, 1 skipped" in out, out
     rc, out = run_cli(capsys, "validate", str(recipe), "--no-file-check")  # the row check is part of the file check
     assert rc == 0 and "valid rows" not in out, out

@@ -6,8 +6,9 @@
 #   install     (60 s)  what the image lacks of pyproject.toml's dependencies and `gpu` extra, from
 #                       $LRT_WHEELHOUSE (default .whl/, --no-index) else the package index with short
 #                       timeouts; --no-deps into a private --target dir, so the image's CUDA torch stays
-#   gpu-tests  (360 s)  pytest -m gpu tests/test_gpu_paths.py (figures -> OUT/figures/*.json)
-#   throughput (120 s)  lrt bench throughput: tokens/s/GPU and MFU of the FIRST step, 1.5B at 4k tokens
+#   gpu-tests  (420 s)  pytest -m gpu tests/test_gpu_paths.py, 240 s a test (figures -> OUT/figures/*.json)
+#   throughput (110 s)  lrt bench throughput: tokens/s/GPU and MFU of the FIRST step, 1.5B at 4k tokens
+# Limits shrink so that the whole run ends within 600 s (LRT_GPU_CHECK_BUDGET_S) from its start.
 #   summary     (20 s)  OUT/summary.json + OUT/summary.md
 # Exit code: 0 every part ran and passed; 1 a part failed or ran out of time; 3 no CUDA device (every
 # CUDA part skipped by its own check, reasons in the summary). Env: PYTHON (default python3),
@@ -49,6 +50,9 @@ run() {
 }
 
 FAILED=0
+DEADLINE=$(( T0 + ${LRT_GPU_CHECK_BUDGET_S:-600} ))
+# limit OWN RESERVE: a part's time limit, OWN seconds or less so that RESERVE seconds stay for the later parts
+limit() { local left=$(( DEADLINE - $(date +%s) - $2 )); [ $left -lt $1 ] && echo $(( left > 10 ? left : 10 )) || echo "$1"; }
 # ---- probe -------------------------------------------------------------------------------------------
 run probe 30 "$PY" -c '
 import json, torch
@@ -151,8 +155,8 @@ fi
 # ---- gpu tests ---------------------------------------------------------------------------------------
 [ "$CUDA" = 1 ] && export DS_ACCELERATOR=cuda  # tests/conftest.py defaults DeepSpeed to the CPU otherwise
 TO=()
-"$PY" -c "import pytest_timeout" 2>/dev/null && TO=(--timeout 300)
-run gpu-tests 360 "$PY" -m pytest -p no:cacheprovider -m gpu tests/test_gpu_paths.py -rA -q "${TO[@]}" \
+"$PY" -c "import pytest_timeout" 2>/dev/null && TO=(--timeout 240)
+run gpu-tests "$(limit 420 130)" "$PY" -m pytest -p no:cacheprovider -m gpu tests/test_gpu_paths.py -rA -q "${TO[@]}" \
   --junitxml "$OUT/junit.xml"
 if [ "$CUDA" = 1 ]; then
   part gpu-tests "$STATUS" "$SECS" "$(tail -n 1 "$OUT/logs/gpu-tests.log" | cut -c1-300)${NOTE:+ $NOTE}"
@@ -167,7 +171,7 @@ fi
 grep -E '^(PASSED|FAILED|SKIPPED|ERROR)' "$OUT/logs/gpu-tests.log" | cut -c1-200 | sed 's/^/[gpu_check]   /'
 
 # ---- throughput --------------------------------------------------------------------------------------
-run throughput 120 "$PY" -m lrt.cli bench throughput --arch "${LRT_GPU_THROUGHPUT_ARCH:-qwen2-1.5b}" --seq 4096 \
+run throughput "$(limit 110 20)" "$PY" -m lrt.cli bench throughput --arch "${LRT_GPU_THROUGHPUT_ARCH:-qwen2-1.5b}" --seq 4096 \
   --batch 1 --steps 5 --warmup 2 --json "$OUT/figures/throughput.json"
 if [ "$CUDA" = 1 ]; then
   part throughput "$STATUS" "$SECS" "$(tail -n 1 "$OUT/logs/throughput.log" | cut -c1-300)"

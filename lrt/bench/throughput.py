@@ -73,7 +73,7 @@ def gpu_recipe(work: Path, arch: str, *, seq: int = 1024, batch: int = 1, steps:
                attn: str = "sdpa", gc: bool = False, name_or_path: str | None = None, lora: dict | None = None,
                quant: dict | None = None, deepspeed: str | None = None, padding_side: str = "right",
                examples: list | None = None, n_ids: int = 20, save_final: bool = False, log_every: int = 10**6,
-               lm_params: dict | None = None) -> Any:
+               lm_params: dict | None = None, lr: float = 1e-5) -> Any:
     """A FIRST recipe (first_alpha prompt, lm + ranknet) over listwise data that fills `seq` tokens per
     list, on the preset built from its config (or `name_or_path`: saved weights, `init: pretrained`).
     bf16 means what the shipped GPU recipes do: bf16 weights (`model.dtype`) and `train.precision`."""
@@ -95,7 +95,7 @@ def gpu_recipe(work: Path, arch: str, *, seq: int = 1024, batch: int = 1, steps:
         "data": {"train": str(work / "train.jsonl"), "max_length": seq, "window": n_ids, "padding_side": padding_side},
         "prompt": {"preset": "first_alpha", "max_passage_tokens": seq},
         "loss": [{"name": "lm", "weight": 1.0, "params": lm_params or {}}, {"name": "ranknet", "weight": 1.0}],
-        "train": {"max_steps": steps, "per_device_batch_size": batch, "grad_accum": 1, "lr": 1e-5, "warmup_steps": 0,
+        "train": {"max_steps": steps, "per_device_batch_size": batch, "grad_accum": 1, "lr": lr, "warmup_steps": 0,
                   "max_grad_norm": 1.0, "save_final": save_final, "log_every": log_every, "seed": 0,
                   "precision": precision, "deepspeed": deepspeed},
         "eval": {"at_start": False, "at_end": False},

@@ -128,3 +128,28 @@ def test_gpu_check_script_without_cuda(tmp_path):
     assert "**No CUDA device**" in md and "not yet measured" in md and "5,762" in md and "989.5" in md
     for part in ("probe", "install", "gpu-tests", "throughput"):
         assert f"[gpu_check] {part}" in p.stdout
+
+
+def test_gpu_summary_renders_recorded_figures(tmp_path, monkeypatch):
+    """The summary writer on figures the cases really produced (here on CPU), so a KeyError in it cannot
+    first show at the end of a GPU slot; a check that recorded nothing still reads "not yet measured"."""
+    from lrt.cli import main
+
+    figs = tmp_path / "out" / "figures"
+    monkeypatch.setenv("LRT_GPU_FIGURES", str(figs))
+    cases.record("bf16_step", cases.bf16_vs_fp32(tmp_path / "b", "tiny-qwen2", seq=512))
+    cases.record("grad_ckpt_memory", cases.checkpointing_memory(tmp_path / "g", "tiny-llama", seqs=(4096,)))
+    cases.record("liger_vs_chunked", cases.liger_vs_chunked("tiny-qwen2", targets=64, seq=128))
+    assert main(["bench", "throughput", "--arch", "tiny-llama", "--seq", "512", "--steps", "1", "--warmup", "1",
+                 "--allow-cpu", "--json", str(figs / "throughput.json")]) == 0
+    p = subprocess.run([sys.executable, "scripts/gpu_summary.py", str(tmp_path / "out"), "12"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(s["figures"]) == {"bf16_step", "grad_ckpt_memory", "liger_vs_chunked", "throughput"}
+    md = (tmp_path / "out" / "summary.md").read_text()
+    tp = s["figures"]["throughput"]
+    assert f"| tiny-llama ({tp['params'] / 1e9:.2f}B) | 512 x 1 | sdpa | {tp['tokens_per_s_per_gpu']:,.0f} |" in md
+    assert f"{s['figures']['bf16_step']['loss_rel_diff']:.3g}" in md
+    assert "| 16384 | not yet measured | not yet measured |" in md  # only 4096 was run
+    assert "| - | not yet measured |" in md  # no bench record

@@ -16,6 +16,7 @@ subcommands:
   data         tokenise + collate listwise examples: examples/s with 1 and 2 processes
   rerank       reranking throughput (lrt bench rerank -h)
   losses       ranking-loss speed vs per-sample loops (lrt bench losses -h)
+  throughput   tokens/s per GPU and MFU of the FIRST training step on a real-size config (CUDA)
 """
 
 def _module(name: str) -> Callable[[list[str]], int]:
@@ -37,6 +38,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "data": _module("lrt.bench.data"),
     "rerank": _module("lrt.bench.rerank"),
     "losses": _module("lrt.bench.losses"),
+    "throughput": _module("lrt.bench.throughput"),
 }
 
 

@@ -18,7 +18,9 @@ micro-batches the trainer itself serves for each step:
 Why one fresh subprocess per variant: `ru_maxrss` is a process-lifetime high-water mark, so two
 variants in one process would hide the smaller one. Each worker records `ru_maxrss` after its
 imports (the baseline) and at the end; `step_mb` = peak − baseline is the memory the step itself
-needs (weights, grads, AdamW state, activations, logits). `activation_mb` counts the distinct
+needs (weights, grads, AdamW state, activations, logits). On CUDA the memory ratios use
+`torch.cuda.max_memory_allocated` (`cuda_peak_mb`), and each step's clock stops after a device sync.
+`activation_mb` counts the distinct
 non-parameter tensors autograd saves for backward during one real step (a saved-tensors hook
 around the step; checkpointed layers keep only their inputs). Variants alternate order across
 repeats so machine noise hits all of them.
@@ -215,7 +217,8 @@ def bench_recipe(work: Path, cfg: dict[str, Any]) -> Any:
     write_examples(bench_examples(n_lists, n, cfg["seq"]), work / "train.jsonl")
     loss = [t.model_dump() for t in loss_terms(setting, cfg["chunk_size"])]
     raw = {
-        "model": {"name_or_path": build_config_dir(work / "model", cfg), "init": "from_config", "dtype": "float32",
+        "model": {"name_or_path": build_config_dir(work / "model", cfg), "init": "from_config",
+                  "dtype": "bfloat16" if cfg.get("precision") == "bf16" else "float32",
                   "attn_implementation": "sdpa", "gradient_checkpointing": bool(cfg["gc"])},
         "data": {"train": str(work / "train.jsonl"), "max_length": cfg["seq"], "window": n},
         "prompt": {"preset": "first_alpha" if SETTINGS[setting]["scheme"] == "alpha" else "rankgpt_numeric",
@@ -223,7 +226,7 @@ def bench_recipe(work: Path, cfg: dict[str, Any]) -> Any:
         "loss": loss,
         "train": {"max_steps": cfg["warmup"] + cfg["steps"] + 1, "per_device_batch_size": cfg["batch"], "grad_accum": 1,
                   "lr": 1e-5, "warmup_steps": 0, "max_grad_norm": 1.0, "save_final": False, "log_every": 10**6,
-                  "seed": 0},
+                  "seed": 0, "precision": cfg.get("precision", "fp32")},
         "eval": {"at_start": False, "at_end": False},
         "log": {"progress": False},
         "output_dir": str(work / "run"),
@@ -247,7 +250,7 @@ def floor_step(trainer: Any, batch: dict[str, Any]) -> float:
         pos, rows = batch["answer_pos"], batch["cand_ids"]  # [B], [B, N]
     else:
         flat = batch["lm_flat_pos"]
-        pos = torch.full((B,), T, dtype=torch.long).scatter_reduce(0, flat // T, flat % T, "amin")
+        pos = torch.full((B,), T, dtype=torch.long, device=flat.device).scatter_reduce(0, flat // T, flat % T, "amin")
         rows = batch["lm_targets"].unique()[None].expand(B, -1)
     loss = torch.einsum("bh,bnh->bn", h[torch.arange(B), pos].float(), head.weight[rows].float()).mean()
     loss.backward()
@@ -269,6 +272,7 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     import_mb = _rss_mb()
+    sync, cuda = (torch.cuda.synchronize, True) if torch.cuda.is_available() else ((lambda: None), False)
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmp:
         trainer = Trainer(bench_recipe(Path(tmp), cfg))
         params = {p.untyped_storage().data_ptr() for p in trainer.module.parameters()}
@@ -299,6 +303,7 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
                 activation_bytes = saved.nbytes
             else:
                 losses.append(step(i))
+            sync()  # CUDA kernels run asynchronously: the step ends when the device is done
             t = time.perf_counter() - c1
             if i >= cfg["warmup"]:
                 times.append(t)
@@ -313,6 +318,8 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
             "target_tokens": int(trainer.batches.step(0)[0]["lm_targets"].numel()),
             "params": sum(p.numel() for p in trainer.module.parameters()),
             "train_mode": all(m.training for m in trainer.module.modules()),
+            "device": str(trainer.env.device), "precision": trainer.r.train.precision,
+            "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         }
 
 
@@ -344,6 +351,8 @@ def summarise(setting: str, cfg: dict[str, Any], runs: dict[str, list[dict[str, 
         base = min(r["import_mb"] for r in rs)
         per[v] = {"peak_mb": peak, "import_mb": base, "step_mb": peak - base, "step_s": step_s,
                   "tokens_per_s": tokens / step_s, "activation_mb": max(r["activation_mb"] for r in rs)}
+        if rs[0].get("cuda_peak_mb") is not None:
+            per[v]["cuda_peak_mb"] = max(r["cuda_peak_mb"] for r in rs)
         for k, x in per[v].items():
             out[f"{v}_{k}"] = round(x, 4 if k == "step_s" else 1)
         out[f"{v}_first_loss"] = rs[0]["first_loss"]
@@ -360,11 +369,14 @@ def summarise(setting: str, cfg: dict[str, Any], runs: dict[str, list[dict[str, 
         "collate_ms": round(collate * 1e3, 3),
         "collate_frac_of_step": round(collate / lrt["step_s"], 5),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes on the machine inflate step times
+        "device": runs["lrt"][0].get("device", "cpu"), "precision": runs["lrt"][0].get("precision", "fp32"),
     })
+    mem = "cuda_peak_mb" if "cuda_peak_mb" in lrt else "step_mb"  # on CUDA: device memory, not host RSS
+    out["mem_metric"] = mem
     if "naive" in per:
         naive = per["naive"]
         out.update({
-            "mem_ratio": _ratio(lrt["step_mb"], naive["step_mb"]),
+            "mem_ratio": _ratio(lrt[mem], naive[mem]),
             "mem_ratio_raw_rss": _ratio(lrt["peak_mb"], naive["peak_mb"]),
             "speed_ratio": _ratio(lrt["tokens_per_s"], naive["tokens_per_s"]),
             "loss_rel_diff": abs(out["lrt_first_loss"] - out["naive_first_loss"]) / max(abs(out["naive_first_loss"]), 1e-12),
@@ -374,7 +386,7 @@ def summarise(setting: str, cfg: dict[str, Any], runs: dict[str, list[dict[str, 
     if "floor" in per:
         floor = per["floor"]
         out.update({
-            "mem_ratio_floor": _ratio(lrt["step_mb"], floor["step_mb"]),
+            "mem_ratio_floor": _ratio(lrt[mem], floor[mem]),
             "time_ratio_floor": _ratio(lrt["step_s"], floor["step_s"]),
             "activation_ratio_floor": round(lrt["activation_mb"] / max(floor["activation_mb"], 1e-9), 3),
         })
@@ -394,7 +406,8 @@ def _fmt(x: float | None, spec: str) -> str:
 def table(records: list[dict[str, Any]]) -> str:
     """A README-ready markdown table of the records."""
     lines = [
-        "| setting | grad. ckpt | variant | step memory (MB, peak − import) | saved activations (MB) | step (s) "
+        "| setting | grad. ckpt | variant | step memory (MB; CPU: peak RSS − import, CUDA: max allocated) "
+        "| saved activations (MB) | step (s) "
         "| tokens/s |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -402,7 +415,7 @@ def table(records: list[dict[str, Any]]) -> str:
         gc = "on" if r["grad_ckpt"] else "off"
         for v in VARIANTS:
             if v + "_step_mb" in r:
-                lines.append(f"| {r['setting']} ({r['loss']}) | {gc} | {v} | {r[v + '_step_mb']:.0f} | "
+                lines.append(f"| {r['setting']} ({r['loss']}) | {gc} | {v} | {r.get(v + '_cuda_peak_mb', r[v + '_step_mb']):.0f} | "
                              f"{r[v + '_activation_mb']:.0f} | {r[v + '_step_s']:.2f} | {r[v + '_tokens_per_s']:.0f} |")
         if "mem_ratio" in r:
             lines.append(f"| {r['setting']} | {gc} | **lrt / naive** | **{_fmt(r['mem_ratio'], '.3f')}** | | "
@@ -436,6 +449,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per worker")
     p.add_argument("--repeats", type=int, default=1, help="workers per variant, alternating the order")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: bf16 weights and autocast (train.precision=bf16), as the shipped GPU recipes")
     p.add_argument("--no-table", action="store_true")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -464,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = {"setting": setting, "vocab": a.vocab, "hidden": a.hidden, "layers": a.layers, "heads": a.heads,
                    "intermediate": a.intermediate, "seq": a.seq, "batch": a.batch, "chunk_size": a.chunk_size,
                    "tie": not a.untie, "naive_ce": a.naive_ce, "steps": a.steps, "warmup": a.warmup,
-                   "threads": a.threads, "gc": gc == "on", "n_ids": a.first_ids if setting == "first" else a.fullrank_ids}
+                   "threads": a.threads, "gc": gc == "on", "precision": a.precision, "n_ids": a.first_ids if setting == "first" else a.fullrank_ids}
             runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for rep in range(a.repeats):
                 k = rep % len(variants)

@@ -200,8 +200,11 @@ class OpenAIBackend:
             enc = rr.encode_window(it, for_generate=True)
             target = len(enc.input_ids) - enc.target_start
             n_new = target if rr.gen_force_length else target + rr.gen_margin
+            # vLLM drops special tokens (`<id_k>`) from the text and spaces them out by default; lrt's
+            # in-process decode keeps them as they are (servers without these fields ignore them)
             payloads.append({"model": self.model, "prompt": self.prompt(rr, enc.input_ids[: enc.target_start]),
-                             "max_tokens": n_new, "temperature": 0})
+                             "max_tokens": n_new, "temperature": 0, "skip_special_tokens": False,
+                             "spaces_between_special_tokens": False})
         answers = self.client.map(lambda p: self.client.request("completions", p, completion_text), payloads,
                                   thread_name="lrt-rerank")
         out: list[list[int]] = []

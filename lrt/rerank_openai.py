@@ -158,9 +158,10 @@ class OpenAIBackend:
         self.logprob_path = "token_ids" if ok else "top_k"
         if not ok:
             k = self.logprobs or DEFAULT_TOP_K
-            log.warning("the server does not answer logprob_token_ids (%s): scoring identifiers from the top-%d "
-                        "logprobs by token id; identifiers outside them are counted as missing",
-                        ans.error or "the asked ids were not all returned", k)
+            log.warning("the server does not answer logprob_token_ids for %d identifiers (%s): scoring identifiers from "
+                        "the top-%d logprobs by token id; identifiers outside them are counted as missing (vLLM >= 0.32 "
+                        "answers them exactly when started with --max-logprobs >= %d)",
+                        n, ans.error or "the asked ids were not all returned", k, n)
         return ans if ok else None
 
     def score_windows(self, rr: "Reranker", items: Sequence["Window"]) -> list[torch.Tensor]:
@@ -169,12 +170,18 @@ class OpenAIBackend:
         unpacked = [_unpack(it) for it in items]
         sizes = [len(c) for _, _, c in unpacked]
         rr._identifier_ids(max(sizes))
-        first = self._probe(rr, items[0], sizes[0]) if self.logprob_path is None else None
+        big = max(range(len(items)), key=sizes.__getitem__)  # probe with the most identifiers of the run's first call
+        first = self._probe(rr, items[big], sizes[big]) if self.logprob_path is None else None
         exact = self.logprob_path == "token_ids"
-        todo = list(range(1 if first is not None else 0, len(items)))
+        todo = [i for i in range(len(items)) if first is None or i != big]
         payloads = [self._payload(rr, items[i], sizes[i], exact) for i in todo]
-        answers = ([first] if first is not None else []) + self.client.map(
-            lambda p: self.client.request("completions", p, top_logprobs), payloads, thread_name="lrt-rerank")
+        got = self.client.map(lambda p: self.client.request("completions", p, top_logprobs), payloads,
+                              thread_name="lrt-rerank")
+        answers: list[Any] = [None] * len(items)
+        for i, a in zip(todo, got):
+            answers[i] = a
+        if first is not None:
+            answers[big] = first
         out: list[torch.Tensor] = []
         st = rr._stats
         st.logprob_path = self.logprob_path

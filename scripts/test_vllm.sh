@@ -4,7 +4,8 @@
 # start real vLLM servers on 127.0.0.1 (one per model, module-scoped) and stop them.
 # Usage: bash scripts/test_vllm.sh [pytest args]
 #   LRT_PYTEST: the pytest command of lrt's environment (default: .venv/bin/python -m pytest, after
-#   scripts/setup_env.sh test), e.g. LRT_PYTEST=/work/bin/lrt-pytest on a shared box.
+#   scripts/setup_env.sh test), e.g. LRT_PYTEST=/work/bin/lrt-pytest on a shared box; LRT_VLLM_TESTS: the
+#   test files (default: both tier modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LRT_VLLM_VENV:-.venv-vllm}
@@ -28,4 +29,6 @@ else
   bash scripts/setup_env.sh test
   PYTEST=(.venv/bin/python -m pytest)
 fi
-exec "${PYTEST[@]}" -q -p no:cacheprovider -m vllm -s tests/test_vllm_listwise.py tests/test_vllm_pointwise.py "$@"
+# -s: the tests print each server's start-up time
+read -r -a TESTS <<<"${LRT_VLLM_TESTS:-tests/test_vllm_listwise.py tests/test_vllm_pointwise.py}"
+exec "${PYTEST[@]}" -q -p no:cacheprovider -m vllm -s "${TESTS[@]}" "$@"

@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="first_token,full")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--log", default=None, help="server log (default: in the work directory)")
+    p.add_argument("--bench", action="store_true",
+                   help="also `lrt bench rerank --backends hf,openai --base-url ...` (first_token, 20 candidates)")
     a = p.parse_args(argv)
-    rows = list(load_examples(a.eval))[: a.queries]
+    rows, _ = load_examples(a.eval, limit=a.queries)
     work = Path(tempfile.mkdtemp(prefix="lrt-vllm-acc-"))
     (work / "run.trec").write_text("".join(f"{e.qid} Q0 {c.docid} {r} {1000 - r} first\n"
                                            for e in rows for r, c in enumerate(e.candidates, 1)))
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                               "ms_per_query_cpu": {"hf": round(1000 * sh["seconds"] / sh["queries"], 2),
                                                    "openai": round(1000 * so["seconds"] / so["queries"], 2)}}),
                   flush=True)
+        if a.bench:
+            assert lrt_main(["bench", "rerank", "--model", a.export, "--backends", "hf,openai", "--base-url", srv.url,
+                             "--served-model", srv.name, "--modes", "first_token", "--queries", "20",
+                             "--candidates", "20", "--window", "20", "--stride", "10", "--passage-tokens", "8",
+                             "--device", "cpu"]) == 0
     return 0
 
 

@@ -106,10 +106,11 @@ def test_server_with_decoded_tokens_only_is_a_clear_error(twin_export):
             rr.rerank_many(queries(1, 4))
 
 
-def test_full_mode_100_identifiers_in_one_request(tmp_path):
+@pytest.fixture(scope="module")
+def full_export(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    d = save_tiny_model(tmp_path / "m", "chatml", seed=1)
+    d = save_tiny_model(tmp_path_factory.mktemp("full") / "m", "chatml", seed=1)
     tok = AutoTokenizer.from_pretrained(d)
     tok.add_special_tokens({"additional_special_tokens": special_tokens(100)}, replace_extra_special_tokens=False)
     from transformers import AutoModelForCausalLM
@@ -124,6 +125,11 @@ def test_full_mode_100_identifiers_in_one_request(tmp_path):
     tok.save_pretrained(d)
     tpl = PromptTemplate.preset("compact", identifiers="special", max_passage_tokens=3)
     RerankerMeta(template=tpl.to_dict(), window=100, stride=50, max_length=2048).save(d)
+    return d
+
+
+def test_full_mode_100_identifiers_in_one_request(full_export):
+    d = full_export
     local = Reranker.from_pretrained(d, device="cpu", mode="full")
     qs = queries(2, 100, seed=3)
     ref = local.rerank_many(qs)
@@ -133,3 +139,17 @@ def test_full_mode_100_identifiers_in_one_request(tmp_path):
     st = rr.last_stats
     assert srv.requests == 2 and st.windows == 2 and st.missing_identifiers == 0 and st.logprob_path == "token_ids"
     assert_same(got, ref)
+
+
+def test_server_capping_logprobs_falls_back_and_says_how_to_fix(full_export, caplog):
+    """vLLM started with the default --max-logprobs 20 refuses 100 logprob_token_ids: the top-20 path
+    runs, 80 identifiers per query are counted missing, and the warning names --max-logprobs."""
+    local = Reranker.from_pretrained(full_export, device="cpu", mode="full")
+    with LogprobServer(local.model, local.tok, max_logprobs=20) as srv:
+        rr = Reranker.from_openai(srv.url, "tiny", full_export, mode="full")
+        with caplog.at_level("WARNING", logger="lrt"):
+            rr.rerank_many(queries(2, 100, seed=3))
+    st = rr.last_stats
+    assert st.logprob_path == "top_k" and st.top_logprobs == 20
+    assert st.missing_identifiers >= 2 * 80 and st.windows_with_missing == 2  # at most 20 of 100 returned
+    assert "--max-logprobs >= 100" in caplog.text and "greater than max allowed: 20" in caplog.text

@@ -112,7 +112,7 @@ def test_prep_openai_teacher_labels_equal_hf_teacher(served, tmp_path, monkeypat
     budget = HFTeacher(model=export, template=PromptTemplate.preset("compact"), dtype="float32").new_tokens(4)
     jobs = {"hf": {"kind": "hf", "model": export, "batch_size": 1, "dtype": "float32"},
             "openai": {"kind": "openai", "base_url": srv.url, "model": srv.name, "api_key_env": None,
-                       "max_tokens": budget, "max_passage_words": None, "concurrency": 4}}
+                       "max_tokens": budget, "concurrency": 4}}
     rows = {}
     for name, teacher in jobs.items():
         job = {"name": f"vllm-{name}", **common, "teacher": teacher, "output": {"dir": str(tmp_path / name)}}

@@ -11,7 +11,8 @@ paths run for real. Used by the tests and by `lrt bench rerank --backends hf,ope
 Like vLLM 0.32: `return_tokens_as_token_ids` keys the dict `token_id:N` (no collisions), and
 `logprob_token_ids: [ids]` returns the logprobs of exactly those ids (plus the sampled token) at
 the first position. `token_ids=False` / `logprob_token_ids=False` give a server without them (the
-fields are then ignored, as an OpenAI-compatible server ignores unknown fields). Each request's
+fields are then ignored, as an OpenAI-compatible server ignores unknown fields); `max_logprobs`
+answers HTTP 400 past that many logprobs or ids, as vLLM's `--max-logprobs` does. Each request's
 `logprobs` value is recorded in `asked_logprobs`.
 """
 from __future__ import annotations
@@ -52,6 +53,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.path.rstrip("/").endswith("/completions"):
             self._send(404, b'{"error": "not found"}')
             return
+        n = len(req.get("logprob_token_ids") or []) if srv.logprob_token_ids else 0
+        asked = max(n, int(req.get("logprobs") or 0))
+        if srv.max_logprobs is not None and asked > srv.max_logprobs:  # vLLM's --max-logprobs check
+            self._send(400, json.dumps({"error": {"message": f"Requested sample logprobs of {asked}, which is greater "
+                                                  f"than max allowed: {srv.max_logprobs}"}}).encode("utf-8"))
+            return
         self._send(200, json.dumps(srv.complete(req)).encode("utf-8"))
 
 
@@ -61,11 +68,11 @@ class LogprobServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, model: Any, tokenizer: Any, *, fail_first: int = 0, logprobs: bool = True,
-                 token_ids: bool = True, logprob_token_ids: bool = True) -> None:
+                 token_ids: bool = True, logprob_token_ids: bool = True, max_logprobs: int | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.model, self.tok = model.eval(), tokenizer
         self.fail_first, self.with_logprobs = fail_first, logprobs
-        self.token_ids, self.logprob_token_ids = token_ids, logprob_token_ids
+        self.token_ids, self.logprob_token_ids, self.max_logprobs = token_ids, logprob_token_ids, max_logprobs
         self.asked_logprobs: list[Any] = []
         self.lock = threading.Lock()
         self.requests = 0

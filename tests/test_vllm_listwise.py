@@ -116,6 +116,8 @@ def test_prep_openai_teacher_labels_equal_hf_teacher(served, tmp_path, monkeypat
     rows = {}
     for name, teacher in jobs.items():
         job = {"name": f"vllm-{name}", **common, "teacher": teacher, "output": {"dir": str(tmp_path / name)}}
+        if name == "openai":  # cut passages by the same tokens as the hf teacher
+            job["prompt"] = {**common["prompt"], "tokenizer": export}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(job))
         card = run_shard(load_job(tmp_path / f"{name}.yaml"))
         assert card["counts"]["rows_written"] == 3

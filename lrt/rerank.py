@@ -154,7 +154,10 @@ class RerankStats:
     duplicates: int = 0
     out_of_range: int = 0
     missing: int = 0
-    # openai first_token: identifiers absent from the returned top-k logprobs (scored below the returned ones)
+    # openai scoring modes: how identifier logprobs were got ("token_ids": vLLM's logprob_token_ids, exact;
+    # "top_k": the top-`top_logprobs` by token id), and identifiers absent from them (scored below the returned ones)
+    logprob_path: str | None = None
+    top_logprobs: int = 0
     missing_identifiers: int = 0
     windows_with_missing: int = 0
     seconds: float = 0.0
@@ -283,8 +286,9 @@ class Reranker:
 
         `export` is the exported model directory (or any directory with its tokenizer and
         `lrt_reranker.json`): lrt renders the prompt itself, with the model's own template, so the
-        server sees exactly the prompt the model was trained on. `logprobs` is the top-k asked for
-        (default: the window); `prompt_format` "text" sends the rendered prompt, "tokens" its token
+        server sees exactly the prompt the model was trained on. Identifier logprobs are asked by
+        token id (vLLM's `logprob_token_ids`, probed once); `logprobs` is the top-k asked for by a
+        server without it (default 20); `prompt_format` "text" sends the rendered prompt, "tokens" its token
         ids (exact even where a server would add a BOS). See `lrt.rerank_openai`."""
         from lrt.io.openai_client import OpenAIClient
         from lrt.rerank_openai import OpenAIBackend

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default=None, help="openai backend: environment variable holding the API key")
     p.add_argument("--concurrency", type=int, default=8, help="openai backend: parallel requests")
     p.add_argument("--logprobs", type=int, default=None,
-                   help="openai first_token: top-k logprobs per window (default: the window size)")
+                   help="openai first_token/full, for a server without logprob_token_ids: top-k logprobs per "
+                        "window (default 20, vLLM's default --max-logprobs)")
     p.add_argument("--prompt-format", choices=("text", "tokens"), default="text",
                    help="openai backend: send the rendered prompt as text (default) or as token ids")
     p.add_argument("--top-k", type=int, default=100, help="rerank this many documents per query (default 100)")
@@ -327,8 +328,14 @@ def _finish(a: argparse.Namespace, plan: Plan, ranked: dict[str, list[tuple[str,
         print(f"generate: {st['valid']}/{st['windows']} outputs were valid permutations ({100 * st['valid_share']:.1f}%); "
               f"repaired: {st['duplicates']} duplicate, {st['out_of_range']} out-of-range, {st['missing']} missing "
               "identifiers")
+    if st.get("logprob_path") == "token_ids":
+        print("openai: identifier logprobs by token id (logprob_token_ids): every identifier scored, "
+              f"{st['missing_identifiers']} missing")
+    elif st.get("logprob_path") == "top_k":
+        print(f"openai: the server has no logprob_token_ids: identifiers scored from the top-{st['top_logprobs']} "
+              f"logprobs by token id")
     if st.get("missing_identifiers"):
-        k = a.logprobs or window
+        k = st.get("top_logprobs") or a.logprobs
         print(f"openai: {st['missing_identifiers']} identifiers missing from the top-{k} logprobs in "
               f"{st['windows_with_missing']}/{st['windows']} windows (scored below the returned ones, kept in their "
               "current order); raise --logprobs (and the server's --max-logprobs) to score them all")

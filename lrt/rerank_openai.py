@@ -5,15 +5,22 @@ Users serve FIRST models with vLLM or SGLang. This backend sends each window to 
 (`Reranker.encode_window`, i.e. the training template and passage budget), so the served model
 sees exactly the prompt it was trained on:
 
-- `first_token`: the prompt ends with "[" (rank_llm's fix for its vLLM breakage: read position 0,
-  never generate two tokens and hope the first is "["); `max_tokens=1`, `temperature=0`,
-  `logprobs=k` (default: the window size; vLLM caps it at its `--max-logprobs`, 20 by default).
-  A candidate's score is the top logprob of its identifier. Several returned tokens that decode
-  to the same identifier (" A" and "A") are merged by max. Identifiers missing from the top-k are
-  handled explicitly: each gets (the smallest returned logprob - 1), i.e. below every returned
-  one, so they keep their current relative order; they are counted in
-  `last_stats.missing_identifiers` / `windows_with_missing` and reported by `lrt rerank`.
-  vLLM's `return_tokens_as_token_ids` keys (`token_id:123`) are understood too.
+- `first_token` / `full`: the prompt ends with "[" (rank_llm's fix for its vLLM breakage: read
+  position 0, never generate two tokens and hope the first is "["); `max_tokens=1`,
+  `temperature=0`. A candidate's score is the logprob of its identifier's TOKEN ID at that position,
+  got one of two ways, chosen once per backend by a probe (the first window's own request) and
+  recorded in `last_stats.logprob_path`:
+  - `token_ids` (exact): vLLM's `logprob_token_ids: [the window's identifier ids]` with
+    `logprobs: 1` returns exactly those ids' logprobs: none missing, no top-k cap (full mode: all
+    100 `<id_k>` in one request per query), nothing else crowding them out;
+  - `top_k` (a server without it): the top-`logprobs` (default 20, vLLM's default
+    `--max-logprobs`; never just the window size) with `return_tokens_as_token_ids`, matched by
+    token id. Identifiers missing from the top-k each get (the smallest returned logprob - 1),
+    i.e. below every returned one, keeping their current relative order; they are counted in
+    `last_stats.missing_identifiers` / `windows_with_missing` and reported by `lrt rerank`.
+  Identifiers are never matched by decoded text: a word token " A" (or SentencePiece `▁A`, or the
+  byte token `<0x41>`) is a different token from the identifier "A" and is never merged into it; a
+  server that only returns decoded tokens is refused with a clear error.
 - `generate`: the prompt without "[", greedy decoding of up to (a full answer + `gen_margin`)
   tokens, parsed with the RankGPT repair parser (`lrt.data.parse`), repairs counted.
 
@@ -31,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from lrt.data.prompts import identifier_labels
 from lrt.errors import LrtError
 from lrt.io.openai_client import OpenAIClient
 
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lrt")
 PROMPT_FORMATS = ("text", "tokens")
 MISSING_MARGIN = 1.0  # missing identifiers score this far below the smallest returned logprob
+DEFAULT_TOP_K = 20  # the top_k path's default: vLLM's default --max-logprobs
 
 
 def top_logprobs(out: dict[str, Any]) -> tuple[list[tuple[str, float]], dict[str, Any]]:
@@ -71,20 +78,22 @@ def completion_text(out: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return text, out.get("usage") or {}
 
 
-def identifier_scores_from_top(pairs: Sequence[tuple[str, float]], labels: Sequence[str],
-                               token_ids: Sequence[int] | None = None) -> tuple[list[float], int]:
-    """Per-identifier scores from a top-k list: max over tokens decoding to the same identifier
-    (surrounding whitespace ignored); missing ones get min(returned) - MISSING_MARGIN. Returns
-    (scores, number missing)."""
-    by_label = {lab: j for j, lab in enumerate(labels)}
-    by_id = {int(t): j for j, t in enumerate(token_ids or [])}
-    best: dict[int, float] = {}
+def identifier_scores_by_id(pairs: Sequence[tuple[str, float]],
+                            token_ids: Sequence[int]) -> tuple[list[float], int]:
+    """Per-identifier scores from `token_id:N`-keyed logprobs (vLLM's `return_tokens_as_token_ids`),
+    matched by id only; missing ids get min(returned) - MISSING_MARGIN. Returns (scores, number
+    missing). Decoded-text keys are refused: text cannot tell " A" from "A" (see module docstring)."""
+    by_id: dict[int, float] = {}
     for tok, v in pairs:
-        j = by_id.get(int(tok[9:])) if tok.startswith("token_id:") and tok[9:].isdigit() else by_label.get(tok.strip())
-        if j is not None and v > best.get(j, -math.inf):
-            best[j] = v
-    floor = (min(v for _, v in pairs) if pairs else 0.0) - MISSING_MARGIN
-    return [best.get(j, floor) for j in range(len(labels))], len(labels) - len(best)
+        if not (tok.startswith("token_id:") and tok[9:].isdigit()):
+            raise LrtError(f"the server returned a decoded token ({tok!r}) instead of a token id: lrt scores identifiers "
+                           "by token id and needs a server that honours return_tokens_as_token_ids or logprob_token_ids "
+                           "(vLLM); use --mode generate for other servers")
+        i = int(tok[9:])
+        by_id[i] = max(v, by_id.get(i, -math.inf))
+    found = [by_id.get(int(t)) for t in token_ids]
+    floor = (min(by_id.values()) if by_id else 0.0) - MISSING_MARGIN
+    return [floor if v is None else v for v in found], sum(v is None for v in found)
 
 
 class OpenAIBackend:
@@ -100,6 +109,7 @@ class OpenAIBackend:
             raise LrtError(f"--logprobs must be >= 1 (got {logprobs})")
         self.client, self.model, self.logprobs, self.prompt_format = client, model, logprobs, prompt_format
         self._warned = False
+        self.logprob_path: str | None = None  # "token_ids" or "top_k", set by the first scoring call's probe
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.client.public_url!r}, model={self.model!r})"
@@ -129,26 +139,58 @@ class OpenAIBackend:
         raise LrtError(f"query {qid}: the server did not answer a window ({error}); check the server log, "
                        f"--base-url {self.client.public_url} and --model {self.model}")
 
+    def _payload(self, rr: "Reranker", item: "Window", n: int, exact: bool) -> dict[str, Any]:
+        enc = rr.encode_window(item)  # prompt + "[": the tokens up to the first identifier
+        p: dict[str, Any] = {"model": self.model, "prompt": self.prompt(rr, enc.input_ids), "max_tokens": 1,
+                             "temperature": 0, "return_tokens_as_token_ids": True}
+        if exact:
+            p.update(logprobs=1, logprob_token_ids=rr._identifier_ids(n))
+        else:
+            p["logprobs"] = self.logprobs or DEFAULT_TOP_K
+        return p
+
+    def _probe(self, rr: "Reranker", item: "Window", n: int) -> Any:
+        """Once per backend: does the server answer `logprob_token_ids` with every asked id? Returns
+        the probe's answer when it does (it is that window's result), else None (path top_k)."""
+        ans = self.client.request("completions", self._payload(rr, item, n, exact=True), top_logprobs)
+        want = {f"token_id:{i}" for i in rr._identifier_ids(n)}
+        ok = ans.value is not None and want <= {t for t, _ in ans.value[0]}
+        self.logprob_path = "token_ids" if ok else "top_k"
+        if not ok:
+            k = self.logprobs or DEFAULT_TOP_K
+            log.warning("the server does not answer logprob_token_ids for %d identifiers (%s): scoring identifiers from "
+                        "the top-%d logprobs by token id; identifiers outside them are counted as missing (vLLM >= 0.32 "
+                        "answers them exactly when started with --max-logprobs >= %d)",
+                        n, ans.error or "the asked ids were not all returned", k, n)
+        return ans if ok else None
+
     def score_windows(self, rr: "Reranker", items: Sequence["Window"]) -> list[torch.Tensor]:
         from lrt.rerank import _unpack
 
         unpacked = [_unpack(it) for it in items]
-        rr._identifier_ids(max(len(c) for _, _, c in unpacked))
-        payloads = []
-        for it, (_, _, cands) in zip(items, unpacked):
-            enc = rr.encode_window(it)  # prompt + "[": the tokens up to the first identifier
-            payloads.append({"model": self.model, "prompt": self.prompt(rr, enc.input_ids), "max_tokens": 1,
-                             "temperature": 0, "logprobs": self.logprobs or len(cands)})
-        answers = self.client.map(lambda p: self.client.request("completions", p, top_logprobs), payloads,
-                                  thread_name="lrt-rerank")
+        sizes = [len(c) for _, _, c in unpacked]
+        rr._identifier_ids(max(sizes))
+        big = max(range(len(items)), key=sizes.__getitem__)  # probe with the most identifiers of the run's first call
+        first = self._probe(rr, items[big], sizes[big]) if self.logprob_path is None else None
+        exact = self.logprob_path == "token_ids"
+        todo = [i for i in range(len(items)) if first is None or i != big]
+        payloads = [self._payload(rr, items[i], sizes[i], exact) for i in todo]
+        got = self.client.map(lambda p: self.client.request("completions", p, top_logprobs), payloads,
+                              thread_name="lrt-rerank")
+        answers: list[Any] = [None] * len(items)
+        for i, a in zip(todo, got):
+            answers[i] = a
+        if first is not None:
+            answers[big] = first
         out: list[torch.Tensor] = []
         st = rr._stats
+        st.logprob_path = self.logprob_path
+        st.top_logprobs = 0 if exact else (self.logprobs or DEFAULT_TOP_K)
         for (qid, _, cands), ans in zip(unpacked, answers):
             if ans.value is None:
                 self._raise_unanswered(qid, ans.error)
             pairs, usage = ans.value
-            labels = identifier_labels(rr.template.identifiers, len(cands))
-            scores, missing = identifier_scores_from_top(pairs, labels, rr._identifier_ids(len(cands)))
+            scores, missing = identifier_scores_by_id(pairs, rr._identifier_ids(len(cands)))
             st.missing_identifiers += missing
             st.windows_with_missing += bool(missing)
             st.batches += 1
@@ -165,8 +207,11 @@ class OpenAIBackend:
             enc = rr.encode_window(it, for_generate=True)
             target = len(enc.input_ids) - enc.target_start
             n_new = target if rr.gen_force_length else target + rr.gen_margin
+            # vLLM drops special tokens (`<id_k>`) from the text and spaces them out by default; lrt's
+            # in-process decode keeps them as they are (servers without these fields ignore them)
             payloads.append({"model": self.model, "prompt": self.prompt(rr, enc.input_ids[: enc.target_start]),
-                             "max_tokens": n_new, "temperature": 0})
+                             "max_tokens": n_new, "temperature": 0, "skip_special_tokens": False,
+                             "spaces_between_special_tokens": False})
         answers = self.client.map(lambda p: self.client.request("completions", p, completion_text), payloads,
                                   thread_name="lrt-rerank")
         out: list[list[int]] = []

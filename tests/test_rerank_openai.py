@@ -13,7 +13,7 @@ from lrt.data.prompts import PromptTemplate
 from lrt.errors import LrtError
 from lrt.io.trec import read_run
 from lrt.rerank import Reranker, RerankerMeta
-from lrt.rerank_openai import identifier_scores_from_top
+from lrt.rerank_openai import identifier_scores_by_id
 from lrt.testing.openai_server import LogprobServer
 from lrt.testing.tiny import random_examples, save_tiny_model
 
@@ -35,10 +35,13 @@ def queries(n: int = 3, n_cands: int = 7, seed: int = 7):
     return [(e.qid, e.query, e.candidates) for e in random_examples(n, n_cands, seed=seed)]
 
 
-def test_merge_by_max_and_missing_identifiers_below_returned():
-    pairs = [(" A", -1.0), ("A", -0.5), ("B", -2.0), ("token_id:42", -0.1), ("x", -3.0)]
-    scores, missing = identifier_scores_from_top(pairs, ["A", "B", "C", "D"], token_ids=[10, 11, 12, 42])
-    assert scores == [-0.5, -2.0, -4.0, -0.1] and missing == 1  # C missing: min(returned) - 1
+def test_match_by_id_only_and_missing_identifiers_below_returned():
+    pairs = [("token_id:99", -0.2), ("token_id:10", -0.5), ("token_id:11", -2.0), ("token_id:42", -0.1),
+             ("token_id:7", -3.0)]
+    scores, missing = identifier_scores_by_id(pairs, [10, 11, 12, 42])
+    assert scores == [-0.5, -2.0, -4.0, -0.1] and missing == 1  # 12 missing: min(returned) - 1
+    with pytest.raises(LrtError, match="decoded token.*return_tokens_as_token_ids"):
+        identifier_scores_by_id([(" A", -1.0), ("A", -0.5)], [10])
 
 
 @pytest.mark.parametrize("fmt", ["text", "tokens"])
@@ -60,7 +63,7 @@ def test_first_token_orderings_and_scores_equal_in_process(export, local, fmt):
 
 def test_identifiers_missing_from_top_k_are_counted_and_ranked_last(export, local):
     qs = queries(2, 4)  # one window per query
-    with LogprobServer(local.model, local.tok) as srv:
+    with LogprobServer(local.model, local.tok, logprob_token_ids=False) as srv:  # the top_k path
         rr = Reranker.from_openai(srv.url, "tiny", export, logprobs=2)
         got = rr.rerank_many(qs)
     st = rr.last_stats
@@ -115,15 +118,15 @@ def test_cli_openai_backend_writes_the_same_run(export, local, tmp_path, capsys)
     (tmp_path / "corpus.tsv").write_text("".join(f"{c.docid}\t{c.text}\n" for _, _, cs in qs for c in cs))
     common = ["--run", str(run), "--queries", str(tmp_path / "topics.tsv"), "--corpus", str(tmp_path / "corpus.tsv")]
     assert lrt_main(["rerank", "--model", export, *common, "--out", str(tmp_path / "hf.trec")]) == 0
-    with LogprobServer(local.model, local.tok) as srv:
+    with LogprobServer(local.model, local.tok, logprob_token_ids=False) as srv:  # the top_k path
         rc = lrt_main(["rerank", "--backend", "openai", "--base-url", srv.url, "--model", "tiny", "--export", export,
                        *common, "--out", str(tmp_path / "oa.trec"), "--logprobs", "2",
                        "--stats", str(tmp_path / "st.json")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "identifiers missing from the top-2 logprobs" in out
+    assert "has no logprob_token_ids" in out and "identifiers missing from the top-2 logprobs" in out
     st = json.loads((tmp_path / "st.json").read_text())
-    assert st["backend"] == "openai" and st["missing_identifiers"] > 0
+    assert st["backend"] == "openai" and st["missing_identifiers"] > 0 and st["logprob_path"] == "top_k"
     with LogprobServer(local.model, local.tok) as srv:
         assert lrt_main(["rerank", "--backend", "openai", "--base-url", srv.url, "--model", "tiny", "--export", export,
                          *common, "--out", str(tmp_path / "oa2.trec"), "--logprobs", str(len(local.tok))]) == 0

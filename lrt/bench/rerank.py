@@ -12,9 +12,11 @@ loading. The modes, all on the same prompts and passages:
 
 `--backends hf,openai` also times the `openai` backend (`Reranker.from_openai`) against the
 loopback completions server of `lrt.testing.openai_server`, which runs the SAME model in this
-process: one HTTP request per window (no server-side batching), `logprobs` = the window, JSON
-both ways. It measures what the client path (prompt rendering, HTTP, parsing, concurrency) costs
-on top of the same forward passes: a CPU figure, not vLLM's throughput on a GPU.
+process: one HTTP request per window (no server-side batching), identifier logprobs by token id
+(`logprob_token_ids`), JSON both ways. It measures what the client path (prompt rendering, HTTP,
+parsing, concurrency) costs on top of the same forward passes: a CPU figure, not vLLM's throughput
+on a GPU. `--base-url URL --served-model NAME --model DIR` times a real server (e.g. vLLM) serving
+the export DIR instead of the loopback one.
 
 The default model is a random tiny Llama (saved with lrt metadata and reloaded through
 `Reranker.from_pretrained`); `--model DIR` times an exported model instead. On a tiny CPU model the
@@ -92,10 +94,14 @@ def bench_openai(a: argparse.Namespace, path: str | Path, rr: Any, modes: list[s
     from lrt.rerank import Reranker
     from lrt.testing.openai_server import LogprobServer
 
+    import contextlib
+
     out: dict[str, dict[str, Any]] = {}
     qs = synthetic_queries(a.queries, a.candidates, a.passage_tokens * 2, a.seed)
-    with LogprobServer(rr.model, rr.tok) as srv:
-        orr = Reranker.from_openai(srv.url, "bench", path, window=a.window, stride=a.stride, max_length=32768,
+    real = a.base_url is not None
+    with contextlib.nullcontext() if real else LogprobServer(rr.model, rr.tok) as srv:
+        url, name = (a.base_url, a.served_model) if real else (srv.url, "bench")
+        orr = Reranker.from_openai(url, name, path, window=a.window, stride=a.stride, max_length=32768,
                                    concurrency=a.concurrency, gen_force_length=True)
         orr.template = orr.template.with_(max_passage_tokens=a.passage_tokens)
         for mode in [m for m in modes if m in ("first_token", "generate")]:
@@ -104,6 +110,9 @@ def bench_openai(a: argparse.Namespace, path: str | Path, rr: Any, modes: list[s
             except LrtError as e:
                 res = {"mode": mode, "skipped": str(e)}
             res["missing_identifiers_per_query"] = orr.last_stats.missing_identifiers / a.queries
+            res["requests_per_query"] = orr.last_stats.batches / max(1, orr.last_stats.queries)
+            res["logprob_path"] = orr.last_stats.logprob_path
+            res["server"] = "real" if real else "loopback"
             out[mode] = res
     return out
 
@@ -123,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="hf",
                    help="hf and/or openai (the loopback server running the same model; modes first_token, generate)")
     p.add_argument("--concurrency", type=int, default=4, help="openai backend: parallel requests")
+    p.add_argument("--base-url", default=None,
+                   help="openai backend: a real server's API root (e.g. vLLM at http://127.0.0.1:8000/v1) serving "
+                        "--model, instead of the loopback server")
+    p.add_argument("--served-model", default=None, help="with --base-url: the served model name")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -141,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
     if bad := [b for b in backends if b not in ("hf", "openai")]:
         raise LrtError(f"--backends: unknown {bad}; choose from hf, openai")
+    if a.base_url is not None and (a.model is None or a.served_model is None or "openai" not in backends):
+        raise LrtError("--base-url needs --backends ...,openai, --served-model NAME and --model DIR (the export the "
+                       "server serves, for its tokenizer and prompt template)")
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmp:
         path = a.model or build_tiny(Path(tmp), a.candidates, a.hidden, a.layers, a.window, a.stride, a.seed)
         rr = Reranker.from_pretrained(path, device=a.device, mode="full", window=a.window, stride=a.stride,
@@ -174,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in ("first_token", "generate"):
         if f"openai:{m}" in ms and m in ms:
             ratios[f"openai/hf {m}"] = round(ms[f"openai:{m}"] / ms[m], 2)
-    if "openai" in backends:
+    if "openai" in backends and a.base_url is not None:
+        what += f"; openai = the server at {a.base_url} serving the same export (CPU figures on a CPU server)"
+    elif "openai" in backends:
         what += ("; openai = the same model behind the loopback completions server in this process (CPU, one "
                  "request per window, no server batching): client + HTTP overhead, not a vLLM GPU figure")
     summary: dict[str, Any] = {"bench": "rerank", "ratios": ratios, "what": what}

@@ -7,6 +7,13 @@ the answer carries the top-`logprobs` log-probabilities of the next token as the
 `{decoded token: logprob}` dict (collisions merged by max, as a dict must); otherwise the text of
 a greedy decode up to EOS. `fail_first` answers that many requests with HTTP 503 first, so retry
 paths run for real. Used by the tests and by `lrt bench rerank --backends hf,openai`.
+
+Like vLLM 0.32: `return_tokens_as_token_ids` keys the dict `token_id:N` (no collisions), and
+`logprob_token_ids: [ids]` returns the logprobs of exactly those ids (plus the sampled token) at
+the first position. `token_ids=False` / `logprob_token_ids=False` give a server without them (the
+fields are then ignored, as an OpenAI-compatible server ignores unknown fields); `max_logprobs`
+answers HTTP 400 past that many logprobs or ids, as vLLM's `--max-logprobs` does. Each request's
+`logprobs` value is recorded in `asked_logprobs`.
 """
 from __future__ import annotations
 
@@ -46,6 +53,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.path.rstrip("/").endswith("/completions"):
             self._send(404, b'{"error": "not found"}')
             return
+        n = len(req.get("logprob_token_ids") or []) if srv.logprob_token_ids else 0
+        asked = max(n, int(req.get("logprobs") or 0))
+        if srv.max_logprobs is not None and asked > srv.max_logprobs:  # vLLM's --max-logprobs check
+            self._send(400, json.dumps({"error": {"message": f"Requested sample logprobs of {asked}, which is greater "
+                                                  f"than max allowed: {srv.max_logprobs}"}}).encode("utf-8"))
+            return
         self._send(200, json.dumps(srv.complete(req)).encode("utf-8"))
 
 
@@ -54,10 +67,13 @@ class LogprobServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, model: Any, tokenizer: Any, *, fail_first: int = 0, logprobs: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, fail_first: int = 0, logprobs: bool = True,
+                 token_ids: bool = True, logprob_token_ids: bool = True, max_logprobs: int | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.model, self.tok = model.eval(), tokenizer
         self.fail_first, self.with_logprobs = fail_first, logprobs
+        self.token_ids, self.logprob_token_ids, self.max_logprobs = token_ids, logprob_token_ids, max_logprobs
+        self.asked_logprobs: list[Any] = []
         self.lock = threading.Lock()
         self.requests = 0
         self.auth: set[str] = set()
@@ -81,6 +97,9 @@ class LogprobServer(ThreadingHTTPServer):
         ids = list(prompt) if isinstance(prompt, list) else self.tok(prompt, add_special_tokens=False)["input_ids"]
         max_tokens = int(req.get("max_tokens") or 16)
         k = req.get("logprobs")
+        self.asked_logprobs.append(k)
+        as_ids = self.token_ids and bool(req.get("return_tokens_as_token_ids"))
+        wanted = req.get("logprob_token_ids") if self.logprob_token_ids else None
         x = torch.tensor([ids])
         with self.lock, torch.no_grad():  # one forward at a time: CPU threads are shared anyway
             if max_tokens == 1:
@@ -88,10 +107,15 @@ class LogprobServer(ThreadingHTTPServer):
                 new = [int(logp.argmax())]
                 choice: dict[str, Any] = {"text": self.tok.decode(new), "finish_reason": "length"}
                 if k and self.with_logprobs:
-                    top = logp.topk(min(int(k), logp.shape[0]))
+                    if wanted:
+                        chosen = [new[0], *[int(i) for i in wanted]]
+                        pairs = [(float(logp[i]), i) for i in dict.fromkeys(chosen)]
+                    else:
+                        top = logp.topk(min(int(k), logp.shape[0]))
+                        pairs = list(zip(top.values.tolist(), top.indices.tolist()))
                     d: dict[str, float] = {}
-                    for v, i in zip(top.values.tolist(), top.indices.tolist()):
-                        t = self.tok.decode([i])
+                    for v, i in pairs:
+                        t = f"token_id:{i}" if as_ids else self.tok.decode([i])
                         d[t] = max(v, d.get(t, -float("inf")))
                     choice["logprobs"] = {"tokens": [choice["text"]], "token_logprobs": [float(logp[new[0]])],
                                           "top_logprobs": [d], "text_offset": [0]}

@@ -40,7 +40,7 @@ from lrt.io.atomic import atomic_write
 log = logging.getLogger("lrt")
 
 FORMAT_VERSION = 1  # bump when the layout of a store changes
-_ENCODER_MODULES = ("lrt.data.collate", "lrt.data.prompts", "lrt.data.schema", "lrt.data.cache")
+_ENCODER_MODULES = ("lrt.data.collate", "lrt.data.prompts", "lrt.data.untrusted", "lrt.data.schema", "lrt.data.cache")
 
 
 # ---- fingerprints ---------------------------------------------------------------------------

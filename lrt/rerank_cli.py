@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompt (default: --model when it is a directory)")
     p.add_argument("--api-key-env", default=None, help="openai backend: environment variable holding the API key")
     p.add_argument("--concurrency", type=int, default=8, help="openai backend: parallel requests")
+    p.add_argument("--max-retries", type=int, default=6,
+                   help="openai backend: retries of a failed or malformed answer, with exponential backoff (default 6)")
     p.add_argument("--logprobs", type=int, default=None,
                    help="openai first_token/full, for a server without logprob_token_ids: top-k logprobs per "
                         "window (default 20, vLLM's default --max-logprobs)")
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                                   max_length=a.max_length)
     if a.backend == "openai":
         rr = Reranker.from_openai(a.base_url, a.model, export, api_key_env=a.api_key_env, concurrency=a.concurrency,
-                                  logprobs=a.logprobs, prompt_format=a.prompt_format, **common)
+                                  logprobs=a.logprobs, prompt_format=a.prompt_format,
+                                  max_retries=max(0, a.max_retries), **common)
     elif distributed:
         return _main_distributed(a, plan, common)
     else:

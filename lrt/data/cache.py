@@ -12,8 +12,12 @@ Two Arrow stores per split, each in a directory named by its fingerprint:
   source (collate/prompts/schema), so a change there invalidates old caches without a version bump.
 
 A store is complete only once its `manifest.json` exists (written last, atomically), so a killed
-build is never read. A fingerprint mismatch is simply another directory: a stale cache cannot be
-picked up. The encoded store may be built in K contiguous shards by separate processes
+build is never read. The manifest records every Arrow piece's size and CRC-32; opening a store
+checks them (`lrt.data.cache_check`: a changed token id, a truncated or missing piece is one clear
+error naming the directory to delete, never silently used). Two processes building one store race
+harmlessly: the loser of the final rename uses the winner's identical store. A write that fails
+(full disk, read-only or misnamed `data.cache_dir`) removes its temporary directory and is one
+clear error. A fingerprint mismatch is simply another directory: a stale cache cannot be picked up. The encoded store may be built in K contiguous shards by separate processes
 (`lrt prep tokenize --num-shards K --shard-id I`); the manifest lists its Arrow pieces in order.
 Stores are Arrow IPC files written and memory-mapped with pyarrow alone (no `datasets` import in the
 ranks: it would cost ~60 MB of RSS per rank before the first row): ranks share the page cache instead
@@ -33,14 +37,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from lrt.data.cache_check import check_root, file_digest, piece_digests, verify, write_error
 from lrt.data.schema import ListwiseExample, SkipReport, _no_rows, example_from_row, iter_examples
-from lrt.errors import DataError
+from lrt.errors import DataError, LrtError
 from lrt.io.atomic import atomic_write
 
 log = logging.getLogger("lrt")
 
-FORMAT_VERSION = 1  # bump when the layout of a store changes
-_ENCODER_MODULES = ("lrt.data.collate", "lrt.data.prompts", "lrt.data.schema", "lrt.data.cache")
+FORMAT_VERSION = 2  # bump when the layout of a store changes (2: piece digests in the manifest)
+ENCODING_VERSION = 2  # bump when lrt encodes the same text differently (2: user text encoded as text)
+_ENCODER_MODULES = ("lrt.data.collate", "lrt.data.prompts", "lrt.data.untrusted", "lrt.data.schema", "lrt.data.cache",
+                    "lrt.data.cache_check")
 
 
 # ---- fingerprints ---------------------------------------------------------------------------
@@ -56,14 +63,6 @@ def stable_hash(obj: Any) -> str:
         return repr(o)
 
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=default).encode("utf-8")).hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_fingerprint(source: str, split: str) -> str:
@@ -89,9 +88,19 @@ def tokenizer_fingerprint(tok: Any) -> str:
     normalizer, added tokens), the chat template, special tokens and the class."""
     backend = getattr(tok, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    init = {k: v for k, v in (getattr(tok, "init_kwargs", None) or {}).items()
+            if not any(w in k for w in ("file", "name_or_path", "cache_dir", "commit_hash", "token"))
+            or k in ("add_bos_token", "add_eos_token", "split_special_tokens")}
     extra = {"cls": type(tok).__name__, "chat_template": getattr(tok, "chat_template", None),
              "special": {k: str(v) for k, v in sorted(getattr(tok, "special_tokens_map", {}).items())},
-             "eos": tok.eos_token, "bos": getattr(tok, "bos_token", None), "len": len(tok)}
+             "eos": tok.eos_token, "bos": getattr(tok, "bos_token", None), "len": len(tok),
+             # settings that change ids outside the backend JSON (tokenizer_config.json, set at load time)
+             "settings": {k: getattr(tok, k, None) for k in ("split_special_tokens", "add_bos_token", "add_eos_token",
+                                                               "add_prefix_space", "legacy", "do_lower_case")},
+             "init": {k: repr(v) for k, v in sorted(init.items())},
+             "added": [(int(i), str(t), bool(getattr(t, "special", False)), bool(getattr(t, "normalized", False)),
+                        bool(getattr(t, "lstrip", False)), bool(getattr(t, "rstrip", False)))
+                       for i, t in sorted((getattr(tok, "added_tokens_decoder", None) or {}).items())]}
     return hashlib.sha256(body.encode("utf-8") + stable_hash(extra).encode()).hexdigest()
 
 
@@ -101,7 +110,7 @@ def code_fingerprint() -> str:
 
     from lrt import __version__
 
-    h = hashlib.sha256(f"{__version__}:{FORMAT_VERSION}".encode())
+    h = hashlib.sha256(f"{__version__}:{FORMAT_VERSION}:{ENCODING_VERSION}".encode())
     for name in _ENCODER_MODULES:
         h.update(Path(importlib.import_module(name).__file__).read_bytes())  # type: ignore[arg-type]
     return h.hexdigest()
@@ -298,12 +307,14 @@ def _write_manifest(d: Path, meta: dict[str, Any]) -> None:
     atomic_write(d / "manifest.json", lambda fh: fh.write(json.dumps(meta, indent=1).encode("utf-8")))
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished tmp dir into place; losing a race to an identical build is fine."""
+def _publish(tmp: Path, final: Path, marker: str = "manifest.json") -> None:
+    """Rename a finished tmp dir into place; losing a race to an identical build (same fingerprint,
+    so the same bytes) is fine: the loser drops its copy and uses the winner's."""
     try:
         os.rename(tmp, final)
     except OSError:
-        if _manifest(final) is None:
+        if not (final / marker).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -317,22 +328,30 @@ def build_examples(dest: Path, source: str, split: str, on_invalid: str, max_can
                    limit: int | None, key: str) -> None:
     """Stream the source through the row validator into one Arrow file (never all rows in memory)."""
     tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    report = SkipReport()
-    n = 0
-    with _Writer(str(tmp / "examples.arrow"), example_schema()) as w:
-        for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split):  # type: ignore[arg-type]
-            w.write(_store_row(ex))
-            n += 1
-            if limit is not None and n >= limit:
-                break
-    if not n:
+    try:
         shutil.rmtree(tmp, ignore_errors=True)
-        _no_rows(source, report)
-    _write_manifest(tmp, {"kind": "examples", "key": key, "source": source, "rows": n,
-                          "skipped": report.skipped, "skip_summary": report.summary(), "pieces": ["examples.arrow"]})
-    _publish(tmp, dest)
+        tmp.mkdir(parents=True)
+        report = SkipReport()
+        n = 0
+        with _Writer(str(tmp / "examples.arrow"), example_schema()) as w:
+            for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split):  # type: ignore[arg-type]
+                w.write(_store_row(ex))
+                n += 1
+                if limit is not None and n >= limit:
+                    break
+        if not n:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _no_rows(source, report)
+        _write_manifest(tmp, {"kind": "examples", "key": key, "source": source, "rows": n, "skipped": report.skipped,
+                              "skip_summary": report.summary(), "pieces": ["examples.arrow"],
+                              "digests": piece_digests(tmp, ["examples.arrow"])})
+        _publish(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(dest.parent, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def open_examples(cache_dir: Path, source: str, split: str, on_invalid: str, max_candidates: int | None,
@@ -340,6 +359,7 @@ def open_examples(cache_dir: Path, source: str, split: str, on_invalid: str, max
     """The examples store of a split, built first if missing (and `build`)."""
     key = examples_key(source, split, on_invalid, max_candidates, limit)
     d = Path(cache_dir) / f"examples-{key}"
+    check_root(Path(cache_dir))
     meta = _manifest(d)
     if meta is None:
         if not build:
@@ -349,7 +369,16 @@ def open_examples(cache_dir: Path, source: str, split: str, on_invalid: str, max
         meta = _manifest(d)
         assert meta is not None
         log.info("data cache: validated %d lists of %s in %.1fs -> %s", meta["rows"], source, time.perf_counter() - t0, d)
-    return LazyExamples(ArrowRows([d / p for p in meta["pieces"]]), key=key), {**meta, "dir": str(d)}
+    verify(d, meta)
+    return LazyExamples(_rows(d, meta), key=key), {**meta, "dir": str(d)}
+
+
+def _rows(d: Path, meta: dict[str, Any]) -> "ArrowRows":
+    try:
+        return ArrowRows([d / p for p in meta["pieces"]])
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise LrtError(f"data cache {d}: cannot read it ({type(e).__name__}: {str(e)[:200]}); delete {d} (it is "
+                       "rebuilt on the next run)") from None
 
 
 def encoded_key(examples_fp: str, tokenizer: Any, params: dict[str, Any]) -> str:
@@ -398,6 +427,18 @@ def build_encoded_shard(d: Path, examples: LazyExamples, encode: Callable[[Listw
         return final
     start, stop = _split(0, len(examples), num_shards)[shard_id]
     tmp = final.parent / f".tmp-{shard_id:05d}-{os.getpid()}"
+    try:
+        return _build_shard(tmp, final, examples, encode, start, stop, num_proc)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(d, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_shard(tmp: Path, final: Path, examples: LazyExamples, encode: Callable[[ListwiseExample], dict[str, Any]],
+                 start: int, stop: int, num_proc: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     pieces = _split(start, stop, max(1, min(num_proc, stop - start)))
@@ -414,9 +455,10 @@ def build_encoded_shard(d: Path, examples: LazyExamples, encode: Callable[[Listw
                 pool.map(_encode_piece, jobs, chunksize=1)
     finally:
         _WORKER.clear()
+    names = [Path(p).name for _, _, p in jobs]
     atomic_write(tmp / "done.json", lambda fh: fh.write(json.dumps(
-        {"start": start, "stop": stop, "pieces": [Path(p).name for _, _, p in jobs]}).encode("utf-8")))
-    _publish(tmp, final)
+        {"start": start, "stop": stop, "pieces": names, "digests": piece_digests(tmp, names)}).encode("utf-8")))
+    _publish(tmp, final, "done.json")
     return final
 
 
@@ -426,12 +468,21 @@ def finish_encoded(d: Path, num_shards: int, meta: dict[str, Any]) -> bool:
         return True
     base = d / f"shards-{num_shards}"
     pieces: list[str] = []
+    digests: dict[str, list] = {}
     for i in range(num_shards):
         done = base / f"{i:05d}" / "done.json"
         if not done.is_file():
             return False
-        pieces += [f"shards-{num_shards}/{i:05d}/{p}" for p in json.loads(done.read_text(encoding="utf-8"))["pieces"]]
-    _write_manifest(d, {**meta, "kind": "encoded", "num_shards": num_shards, "pieces": pieces})
+        info = json.loads(done.read_text(encoding="utf-8"))
+        for p in info["pieces"]:
+            name = f"shards-{num_shards}/{i:05d}/{p}"
+            pieces.append(name)
+            if p in info.get("digests", {}):
+                digests[name] = info["digests"][p]
+    try:
+        _write_manifest(d, {**meta, "kind": "encoded", "num_shards": num_shards, "pieces": pieces, "digests": digests})
+    except OSError as e:
+        raise write_error(d, e) from None
     return True
 
 
@@ -449,4 +500,5 @@ def open_encoded(d: Path) -> EncodedRows:
     meta = _manifest(d)
     if meta is None:
         raise FileNotFoundError(d)
-    return EncodedRows(ArrowRows([d / p for p in meta["pieces"]]), d)
+    verify(d, meta)
+    return EncodedRows(_rows(d, meta), d)

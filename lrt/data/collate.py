@@ -22,6 +22,7 @@ from lrt.data.prompts import (
     passage_text,
     render_messages,
     render_target,
+    render_window,
     truncate_tokens,
 )
 from lrt.data.schema import ListwiseExample
@@ -108,7 +109,7 @@ def encode_example(
     texts = [passage_text(c.text, c.title) for c in cands]
     while True:
         cut = [escape_passage(truncate_tokens(tokenizer, t, budget), template.escape) for t in texts]
-        prompt = apply_template(tokenizer, template, render_messages(template, ex.query, cut, labels))
+        prompt = render_window(tokenizer, template, ex.query, cut, labels)
         full = prompt + suffix
         enc = encode_prompt(tokenizer, template, full, offsets=True)
         n_tok = len(enc["input_ids"])

@@ -18,6 +18,7 @@ import torch
 
 from lrt.data.prompts import passage_text, truncate_tokens
 from lrt.data.schema import ListwiseExample
+from lrt.data.untrusted import encode_text, fill
 from lrt.errors import LrtError
 
 # Qwen3-Reranker's template, byte for byte as its model card / vLLM example publish it.
@@ -99,7 +100,9 @@ def encode_pair_cut(tokenizer: Any, t: PointwiseTemplate, query: str, passage: s
     enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     pre, suf = enc(t.prefix), enc(t.suffix)
     doc = truncate_tokens(tokenizer, passage, t.max_passage_tokens)  # no escaping: the published template has none
-    body = enc(t.body.format(instruction=t.instruction, query=query, doc=doc))
+    # query and passage are encoded as text: a `<|im_end|>` in them is never the control token
+    body = encode_text(tokenizer, fill(tokenizer, lambda v: t.body.format(instruction=t.instruction, query=v["q"],
+                                                                           doc=v["d"]), {"q": query, "d": doc}))["input_ids"]
     room = max_length - len(pre) - len(suf)
     if room < 1:
         raise LrtError(f"data.max_length={max_length} leaves no room for the pair body after the template's "

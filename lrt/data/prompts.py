@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Sequence
 
+from lrt.data.untrusted import PromptText, encode_text, fill
 from lrt.errors import LrtError
 
 Scheme = Literal["alpha", "numeric", "special"]
@@ -184,20 +185,21 @@ def _example(scheme: Scheme) -> str:
 
 def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     """Cut `text` to its first `max_tokens` tokens, slicing by character offsets (no decode drift)."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
+    offsets = enc["offset_mapping"]  # counted as text, as `encode_text` encodes a passage
     if len(offsets) <= max_tokens:
         return text
     return text[: offsets[max_tokens - 1][1]].rstrip()
 
 
 def render_messages(
-    template: PromptTemplate, query: str, passages: Sequence[str], labels: Sequence[str]
+    template: PromptTemplate, query: str, passages: Sequence[str], labels: Sequence[str], *, escaped: bool = False
 ) -> list[dict[str, str]]:
     """Chat messages for one window (passages already truncated and escaped; the query is escaped
     here, like the passages: a `[2]` in a query must not pose as an identifier either)."""
     num = len(passages)
-    fmt = {"num": num, "query": escape_passage(query.strip(), template.escape), "example": _example(template.identifiers)}
+    q = query if escaped else escape_passage(query.strip(), template.escape)
+    fmt = {"num": num, "query": q, "example": _example(template.identifiers)}
     body = "".join(template.passage.format(id=lab, text=p) for lab, p in zip(labels, passages))
     user = template.prefix.format(**fmt) + body + template.suffix.format(**fmt)
     msgs: list[dict[str, str]] = []
@@ -231,11 +233,9 @@ def needs_bos(tokenizer: Any, template: PromptTemplate, text: str) -> bool:
 def encode_prompt(tokenizer: Any, template: PromptTemplate, text: str, offsets: bool = False) -> dict[str, list]:
     """THE encoder of rendered text (collator, reranker, HF teacher): no special tokens except BOS by
     the policy, inserted as a token (offset (0, 0)) the way `tokenizer(text)` and vLLM add it; a BOS
-    *string* in front of the text would tokenize differently on SentencePiece tokenizers (no "▁")."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
-    out: dict[str, list] = {"input_ids": list(enc["input_ids"])}
-    if offsets:
-        out["offset_mapping"] = [tuple(o) for o in enc["offset_mapping"]]
+    *string* in front of the text would tokenize differently on SentencePiece tokenizers (no "▁").
+    Queries and passages of a `PromptText` are encoded as text (`lrt.data.untrusted.encode_text`)."""
+    out = encode_text(tokenizer, text, offsets=offsets)
     if needs_bos(tokenizer, template, text):
         out["input_ids"].insert(0, int(tokenizer.bos_token_id))
         if offsets:
@@ -279,14 +279,27 @@ def apply_template(tokenizer: Any, template: PromptTemplate, messages: list[dict
         raise LrtError(f"the chat template failed: {e}") from None
 
 
+def render_window(
+    tokenizer: Any, template: PromptTemplate, query: str, passages: Sequence[str], labels: Sequence[str]
+) -> PromptText:
+    """Chat-templated prompt text of one window (passages already cut and escaped) that marks where the
+    query and the passages lie, so `encode_prompt` encodes control tokens inside them as text."""
+    user = {"q": escape_passage(query.strip(), template.escape), **{f"p{i}": p for i, p in enumerate(passages)}}
+
+    def build(v: Any) -> str:
+        msgs = render_messages(template, v["q"], [v[f"p{i}"] for i in range(len(passages))], labels, escaped=True)
+        return apply_template(tokenizer, template, msgs)
+
+    return fill(tokenizer, build, user)
+
+
 def render_prompt(
     tokenizer: Any, template: PromptTemplate, query: str, passages: Sequence[str], max_passage_tokens: int | None = None
-) -> str:
+) -> PromptText:
     """Full prompt text for one window: truncate each passage by tokens, escape, template."""
     budget = max_passage_tokens if max_passage_tokens is not None else template.max_passage_tokens
     cut = [escape_passage(truncate_tokens(tokenizer, p, budget), template.escape) for p in passages]
-    labels = identifier_labels(template.identifiers, len(passages))
-    return apply_template(tokenizer, template, render_messages(template, query, cut, labels))
+    return render_window(tokenizer, template, query, cut, identifier_labels(template.identifiers, len(passages)))
 
 
 def passage_text(text: str, title: str | None) -> str:

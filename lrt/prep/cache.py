@@ -125,7 +125,8 @@ class CachedTeacher:
         fresh_keys = list(todo)
 
         def store(j: int, resp: WindowResponse) -> None:  # committed before the next call starts
-            if resp.error is None and resp.raw is not None:
+            # a refusal (no identifier at all) is not an answer: never cached, so a re-run asks again
+            if resp.error is None and resp.raw is not None and resp.parsed is not None and resp.parsed.extracted:
                 self.cache.put(fresh_keys[j], resp.raw, fresh[j], resp.meta)
 
         answers = self.inner.rank_windows(fresh, on_response=store) if fresh else []

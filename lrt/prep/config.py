@@ -98,6 +98,9 @@ class LabelsCfg(_Strict):
     mode: Literal["single_pass", "freeze_prefix", "full_repass"] = "freeze_prefix"
     num_passes: Optional[PosInt] = None  # default: enough passes to complete the list
     max_candidates: Optional[PosInt] = None  # keep only the first N candidates (first-stage order)
+    # the job fails (exit 2, counts in the message) when more than this fraction of the answered windows
+    # were refused (no identifier at all) or needed repair: such labels would be the first-stage order
+    max_invalid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
 
 
 class PromptCfg(_Strict):
@@ -139,7 +142,7 @@ _TAGGED = {"source": {m.model_fields["kind"].annotation.__args__[0]: m for m in
                        (NoTeacherCfg, ScoresTeacherCfg, OpenAITeacherCfg, HFTeacherCfg)}}
 # knobs that change speed, not answers: excluded from the job fingerprint so a resumed job may tune them
 OPERATIONAL = {"concurrency", "timeout_s", "max_retries", "backoff_s", "backoff_max_s", "batch_size", "device",
-               "delay_s", "on_invalid"}
+               "delay_s", "on_invalid", "max_invalid_fraction"}
 
 
 class JobCfg(_Strict):

@@ -122,6 +122,20 @@ def make_teacher(cfg: JobCfg) -> Teacher | None:
                      max_passage_tokens=p.max_passage_tokens, trust_remote_code=t.trust_remote_code)
 
 
+def check_invalid(counts: Counter, limit: float, name: str) -> None:
+    """Fail the job when too many answered windows were refused or repaired: their "labels" would be
+    (mostly) the first-stage order the repair appends, not the teacher's ranking."""
+    answered = counts["calls"] - counts["failed_calls"]
+    bad = counts["invalid_responses"]
+    if answered and bad / answered > limit:
+        raise LrtError(
+            f"{name}: {bad} of {answered} answered teacher windows were invalid ({counts['refused']} refused: no "
+            f"identifier at all; {counts['missing']} identifiers missing, {counts['duplicates']} duplicated, "
+            f"{counts['out_of_range']} out of range), above labels.max_invalid_fraction={limit:g}; nothing was "
+            "written. Check the teacher (model, prompt, max_tokens) or raise labels.max_invalid_fraction; valid "
+            "answers stay cached, refusals are asked again")
+
+
 def _cut(ex: ListwiseExample, n: int | None) -> ListwiseExample:
     """Keep the first `n` candidates (first-stage order); the ranking keeps its relative order."""
     if n is None or len(ex.candidates) <= n:
@@ -189,6 +203,7 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
                 cache.close()
         counts.update(res.counts)
         counts.update({k: v for k, v in teacher.stats().items() if k != "cache_hits"})
+        check_invalid(counts, lab.max_invalid_fraction, name)
         failed, calls = res.failed, res.calls
         examples = [replace(e, ranking=res.rankings[e.qid]) for e in examples if e.qid in res.rankings]
     counts.update(input_rows=imp.report.total, skipped_rows=imp.report.skipped, rows_written=len(examples))

@@ -153,6 +153,7 @@ def build_labels(
                 c["out_of_range"] += parsed.out_of_range
                 c["missing"] += parsed.missing
                 c["invalid_responses"] += not parsed.valid
+                c["refused"] += not parsed.extracted  # no identifier at all: a refusal, not a ranking
             if record_calls:
                 res.calls.append(WindowCall(
                     req.qid, step, p, a, b, list(req.docids), resp.raw, parsed.order if parsed else None,

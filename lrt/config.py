@@ -67,7 +67,7 @@ class DataConfig(Strict):
     # tokenised cache (lrt.data.cache): built once, memory-mapped by every rank
     cache: bool = True
     cache_dir: str | None = Field(None, description="default <output_dir>/data-cache; share it between runs")
-    group_by_length: bool | None = Field(None, description="default: on when train.per_device_batch_size > 1")
+    group_by_length: bool | None = Field(None, description="default: on when the global batch (per_device_batch_size x grad_accum x processes) > 1")
     num_workers: int = Field(0, ge=0, description="DataLoader processes collating batches ahead of the step")
 
 
@@ -128,6 +128,7 @@ class TrainConfig(Strict):
     keep_last: int = Field(2, gt=0)
     resume: str = "none"  # none | auto | path to a checkpoint directory
     overwrite_output_dir: bool = False  # a fresh run may replace a previous run's checkpoints/metrics in output_dir
+    allow_data_change: bool = False  # train.resume even though data.train's contents changed since the checkpoint
     on_nonfinite: Literal["stop", "skip"] = "stop"  # non-finite loss/grad norm: stop, or skip that update
     deepspeed: str | None = None
     log_every: int = Field(10, gt=0)

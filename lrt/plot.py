@@ -53,11 +53,6 @@ class Run:
         pts = [(r["step"], float(r[key])) for r in recs if isinstance(r.get(key), (int, float))]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    def eval_keys(self) -> tuple[str | None, str | None]:
-        from lrt.train.console import ndcg_keys
-
-        return ndcg_keys(self.eval[-1]) if self.eval else (None, None)
-
     def eval_series_keys(self) -> list[tuple[str, str | None]]:
         """Every (metric, initial-order) key pair the evaluations used, in order of first use: a
         resumed run may evaluate against other judgements (eval.qrels added on resume turns

@@ -127,6 +127,8 @@ class Trainer:
         self.template = self.data.template
         self.train_examples, self.eval_examples = self.data.train_examples, self.data.eval_examples
         self.tok, self.id_ids = self.data.tok, self.data.id_ids
+        if self.env.is_main:
+            self._data_fingerprint()  # of the file this run reads now, not of whatever is there at the first save
         self._judged: tuple[dict[str, dict[str, float]], str] | None = None
         if recipe.eval.qrels and self.eval_examples:  # a qrels file that judges no eval query: before step 1
             self._judged = eval_judgements(self.eval_examples, recipe.eval.qrels)

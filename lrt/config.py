@@ -98,7 +98,7 @@ class DataConfig(Strict):
     cache: bool = True
     """tokenise once into memory-mapped Arrow stores shared by every rank (false: encode in memory at every start)."""
     cache_dir: str | None = Field(None, description="default <output_dir>/data-cache; share it between runs")
-    group_by_length: bool | None = Field(None, description="default: on when train.per_device_batch_size > 1")
+    group_by_length: bool | None = Field(None, description="default: on when the global batch (per_device_batch_size x grad_accum x processes) > 1")
     num_workers: int = Field(0, ge=0, description="DataLoader processes collating batches ahead of the step")
 
 
@@ -192,6 +192,8 @@ class TrainConfig(Strict):
     """none (fresh run), auto (the newest checkpoint that verifies), or a checkpoint directory."""
     overwrite_output_dir: bool = False  # a fresh run may replace a previous run's checkpoints/metrics in output_dir
     """a fresh run may replace an earlier run's checkpoints and metrics in output_dir."""
+    allow_data_change: bool = False
+    """resume even though data.train's contents changed since the checkpoint (refused otherwise)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"  # non-finite loss/grad norm: stop, or skip that update
     """a NaN/Inf loss or gradient norm: stop (name the step and the last good checkpoint) or skip that update."""
     deepspeed: str | None = None

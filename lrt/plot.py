@@ -38,8 +38,8 @@ class Run:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-            step = rec.get("step")
-            if not isinstance(step, int):
+            step = rec.get("step") if isinstance(rec, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool):
                 continue
             if "loss" in rec:
                 train[step] = rec
@@ -53,10 +53,18 @@ class Run:
         pts = [(r["step"], float(r[key])) for r in recs if isinstance(r.get(key), (int, float))]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    def eval_keys(self) -> tuple[str | None, str | None]:
+    def eval_series_keys(self) -> list[tuple[str, str | None]]:
+        """Every (metric, initial-order) key pair the evaluations used, in order of first use: a
+        resumed run may evaluate against other judgements (eval.qrels added on resume turns
+        nDCG@10_candidates into trec_eval's nDCG@10); each is its own series, never mixed."""
         from lrt.train.console import ndcg_keys
 
-        return ndcg_keys(self.eval[-1]) if self.eval else (None, None)
+        out: list[tuple[str, str | None]] = []
+        for rec in self.eval:
+            main, init = ndcg_keys(rec)
+            if main is not None and main not in [m for m, _ in out]:
+                out.append((main, init))
+        return out
 
 
 def _draw(ax: Any, kind: str, runs: Sequence[Run]) -> bool:
@@ -82,17 +90,20 @@ def _draw(ax: Any, kind: str, runs: Sequence[Run]) -> bool:
                 ax.plot(x, y, label=pre + kind, color=color, linewidth=1.2)
                 drawn = True
         else:
-            main, init = run.eval_keys()
-            if main is None:
-                continue
-            x, y = run.series(main, run.eval)
-            name = main.removeprefix("eval/")
-            ax.plot(x, y, label=pre + name, color=color, marker="o", markersize=3)
-            if init is not None:
-                ref = run.eval[0][init]  # the initial order does not change with the step
-                ax.axhline(ref, color=color, linestyle="--", linewidth=1, label=pre + "initial order")
-            ax.set_ylabel(name)
-            drawn = True
+            pairs = run.eval_series_keys()
+            for j, (main, init) in enumerate(pairs):
+                x, y = run.series(main, run.eval)
+                if not x:
+                    continue
+                c = color if not multi and len(pairs) == 1 else f"C{i + j}"
+                name = main.removeprefix("eval/")
+                ax.plot(x, y, label=pre + name, color=c, marker="o", markersize=3)
+                refs = run.series(init, run.eval)[1] if init is not None else []
+                if refs:  # the initial order does not change with the step (per kind of judgements)
+                    what = "initial order" if len(pairs) == 1 else f"initial order ({name})"
+                    ax.axhline(refs[0], color=c, linestyle="--", linewidth=1, label=pre + what)
+                ax.set_ylabel(name if len(pairs) == 1 else "nDCG@10")
+                drawn = True
     if drawn:
         ax.set_xlabel("step")
         if kind != "eval":

@@ -43,6 +43,23 @@ def make_data(out: Path, max_queries: int | None = None) -> dict[str, Path]:
     return paths
 
 
+MARKER = ".lrt-quickstart"  # written into <out>/run by quickstart: only such a run dir is replaced on a re-run
+
+
+def claim_run_dir(run: Path) -> None:
+    """Quickstart re-runs start over (train.overwrite_output_dir), which removes the checkpoints,
+    metrics and final/ in `run`: allowed only for a run dir quickstart created and marked, never for
+    an unrelated training run that happens to live at <out>/run."""
+    from lrt.train.checkpoint import previous_run
+
+    used = previous_run(run)
+    if used and not (run / MARKER).is_file():
+        raise LrtError(f"--out {run.parent}: {run} holds a training run quickstart did not create ({', '.join(used)}); "
+                       "quickstart would delete it: choose another --out (or remove that run yourself)")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / MARKER).write_text("created by `lrt quickstart`; a re-run replaces this run\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lrt quickstart", description=__doc__)
     p.add_argument("--out", default="outputs/quickstart", help="run directory (data, checkpoints, export)")
@@ -61,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         raise LrtError(f"--max-steps must be >= 1 (got {a.max_steps})")
     t0 = time.perf_counter()
     out = Path(a.out)
+    claim_run_dir(out / "run")
     cap = [f"train.max_steps={a.max_steps}", f"eval.every={a.max_steps}", "train.warmup_steps=0"] if a.max_steps else []
     data = make_data(out / "data", max(256, 32 * a.max_steps) if a.max_steps else None)
     recipe = load_recipe(a.recipe, [f"data.train={data['train']}", f"data.eval={data['eval']}",
@@ -69,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from lrt.train.loop import Trainer
 
     trainer = Trainer(recipe)
-    res = trainer.fit()
+    try:
+        res = trainer.fit()
+    finally:
+        trainer.release()  # signal handlers and the run-dir lock
     t_train = time.perf_counter() - t0
     if not res.eval_history or res.final_dir is None:
         raise LrtError("the quickstart recipe must evaluate at the end and export (eval.at_end, train.save_final)")

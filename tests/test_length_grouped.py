@@ -85,5 +85,9 @@ def test_trainer_groups_by_default_above_batch_1_and_reports_padding(tiny_model_
         return 1 - sum(int(b["attention_mask"].sum()) for b in bs) / sum(b["attention_mask"].numel() for b in bs)
 
     assert measured(t) == pytest.approx(after) and measured(off) == pytest.approx(before)
+    # the default follows the global batch, not the micro-batch: 1 x 2 groups like 4 x 2 (issue 28)
     one = Trainer(recipe_from_dict(raw, ["train.per_device_batch_size=1", f"output_dir={tmp_path / 'run3'}"]))
-    assert not one.sampler.grouped  # nothing to pad at batch 1
+    assert one.sampler.grouped
+    single = Trainer(recipe_from_dict(raw, ["train.per_device_batch_size=1", "train.grad_accum=1",
+                                            f"output_dir={tmp_path / 'run4'}"]))
+    assert not single.sampler.grouped  # one list per step: nothing to group

@@ -94,13 +94,13 @@ def test_resume_auto_in_an_empty_dir_starts_fresh(recipe, tmp_path):
 
 
 def test_resume_compares_the_grouping_the_run_actually_used():
-    """data.group_by_length's default follows the micro-batch: 1 -> 2 per device (same global batch)
-    turns grouping on, which changes every later step's lists, so resume must name it; the cache
-    settings change only where the tokenised stores live and are harmless."""
+    """data.group_by_length's default follows the global batch: 1 x 4 -> 2 x 2 keeps it (the same
+    lists every step); turning it off changes every later step's lists, so resume must name it; the
+    cache settings change only where the tokenised stores live and are harmless."""
     from lrt.train.checkpoint import recipe_changes
 
     a = {"train": {"per_device_batch_size": 1, "grad_accum": 4}, "data": {"group_by_length": None, "cache_dir": "x"}}
     b = {"train": {"per_device_batch_size": 2, "grad_accum": 2}, "data": {"group_by_length": None, "cache_dir": "y"}}
-    assert recipe_changes(a, b) == ["data.group_by_length: False -> True"]
-    b["data"]["group_by_length"] = False
     assert recipe_changes(a, b) == []
+    b["data"]["group_by_length"] = False
+    assert recipe_changes(a, b) == ["data.group_by_length: True -> False"]

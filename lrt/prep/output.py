@@ -12,13 +12,10 @@ Every file is written to a temp file in the same directory, fsynced and `os.repl
 from __future__ import annotations
 
 from lrt.io.atomic import atomic_write  # noqa: F401  (re-exported for lrt.prep users)
+from lrt.io.lock import DirLock
 
-import errno
-import fcntl
 import json
 import os
-import socket
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,54 +84,22 @@ def clean_stale_temps(out_dir: Path, name: str | None = None) -> int:
     return n
 
 
-class ShardLock:
+class ShardLock(DirLock):
     """An exclusive `flock` on `locks/<shard>.lock` while one process works on a shard.
 
     A second `lrt prep` on the same shard would pay for the same windows and could delete the first
     one's temp files, so it is refused, naming the holder (pid, host, start time) written into the
     lock file. The kernel drops the lock when the holder exits or is killed, so a crashed run
-    never leaves a stale lock behind. (On NFS, flock needs a v4 mount with working locks.)
+    never leaves a stale lock behind (`lrt.io.lock`).
     """
 
     def __init__(self, out_dir: Path, name: str) -> None:
-        self.path = Path(out_dir) / "locks" / f"{name}.lock"
         self.name = name
-        self.fd: int | None = None
-
-    def _holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-            return f"pid {info['pid']} on host {info['host']}, since {info['since']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "a process that is just starting (pid not yet written)"
-
-    def __enter__(self) -> "ShardLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise LrtError(f"{self.path}: cannot create the shard lock ({e.strerror or e}); "
-                           "check that output.dir is a writable directory") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise LrtError(f"{self.path}: cannot lock ({e.strerror or e})") from None
-            raise LrtError(f"{self.path.parent.parent}: shard {self.name} is already being prepared by "
-                           f"{self._holder()}; wait for that run to finish (or stop it) instead of starting "
-                           "a second one on the same output.dir: both would pay for the same teacher calls"
-                           ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the flock; the file stays (removing it would race a waiter)
-            self.fd = None
+        path = Path(out_dir) / "locks" / f"{name}.lock"
+        super().__init__(path, lambda holder: (
+            f"{path.parent.parent}: shard {name} is already being prepared by {holder}; wait for that run "
+            "to finish (or stop it) instead of starting a second one on the same output.dir: both would pay "
+            "for the same teacher calls"), what="shard lock")
 
 
 def read_card(path: Path) -> dict | None:

@@ -36,12 +36,15 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 
 from lrt.errors import LrtError
+
+if TYPE_CHECKING:
+    from lrt.io.lock import DirLock
 
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"
@@ -198,6 +201,26 @@ def finalize(root: Path, step: int, state: dict[str, Any], keep_last: int, prote
     return final
 
 
+def write_error(e: BaseException, where: Path) -> tuple[int | None, str]:
+    """(errno, message) of a failed checkpoint write. torch.save reports a full disk as a
+    RuntimeError ("unexpected pos ...") and safetensors as a SafetensorError, neither with an errno:
+    then the free space of the target file system decides whether it was ENOSPC."""
+    import errno as _errno
+
+    if isinstance(e, OSError):
+        return e.errno, str(e)
+    msg = _first_line(e)
+    if "No space left" in str(e) or "os error 28" in str(e):
+        return _errno.ENOSPC, msg
+    try:
+        st = os.statvfs(where if where.exists() else where.parent)
+        if st.f_bavail * st.f_frsize < (1 << 20):  # under 1 MiB left: the write ran out of space
+            return _errno.ENOSPC, msg
+    except OSError:
+        pass
+    return None, msg
+
+
 def remove_stale_tmp(root: Path) -> None:
     """Leftovers of saves that crashed (never complete, never read)."""
     if root.exists():
@@ -314,7 +337,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 # ---- recipe compatibility ---------------------------------------------------------------------
 # Keys a resumed run may change: they do not alter what the next optimizer step computes.
 HARMLESS = ("output_dir", "train.max_steps", "train.epochs", "train.save_every", "train.keep_last", "train.resume",
-            "train.log_every", "train.save_final", "train.overwrite_output_dir", "train.on_nonfinite", "eval",
+            "train.log_every", "train.save_final", "train.overwrite_output_dir", "train.allow_data_change", "train.on_nonfinite", "eval",
             "log", "data.eval", "data.num_proc", "data.num_workers", "data.cache", "data.cache_dir",
             "model.attn_implementation",
             "model.gradient_checkpointing", "model.trust_remote_code",
@@ -341,9 +364,9 @@ def recipe_changes(saved: dict[str, Any], current: dict[str, Any], world: tuple[
     Micro-batch and accumulation may change together with the number of processes (`world`: saved,
     current) as long as the global batch (= the data each step consumes) stays the same."""
     a, b = _flatten(saved), _flatten(current)
-    for d in (a, b):  # compare what grouping the run actually used (its default follows the micro-batch)
+    for d, w in ((a, world[0]), (b, world[1])):  # compare the grouping the run used (default: global batch > 1)
         if d.get("data.group_by_length") is None:
-            d["data.group_by_length"] = d.get("train.per_device_batch_size", 1) > 1
+            d["data.group_by_length"] = d.get("train.per_device_batch_size", 1) * d.get("train.grad_accum", 1) * w > 1
     out = []
     ga = a.get("train.per_device_batch_size", 1) * a.get("train.grad_accum", 1) * world[0]
     gb = b.get("train.per_device_batch_size", 1) * b.get("train.grad_accum", 1) * world[1]
@@ -361,6 +384,20 @@ def recipe_changes(saved: dict[str, Any], current: dict[str, Any], world: tuple[
 
 # ---- run directory ----------------------------------------------------------------------------
 RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "recipe.resolved.yaml", "final", PREEMPTED)
+
+
+RUN_LOCK = ".lrt-train.lock"  # flock held by the rank 0 of the run working in output_dir (pid, host)
+
+
+def run_lock(out: Path) -> "DirLock":
+    """The output_dir lock: a second `lrt train` (or quickstart) on the same output_dir is refused,
+    naming the holder; a crashed or killed holder's lock is gone with it (flock), so it is taken over."""
+    from lrt.io.lock import DirLock
+
+    return DirLock(out / RUN_LOCK, lambda holder: (
+        f"output_dir {out} is in use by another training run ({holder}): two runs on one output_dir would "
+        "write the same checkpoints and log the same steps twice; wait for it to finish (or stop it), or "
+        "choose another output_dir"), what="run lock")
 
 
 def previous_run(out: Path) -> list[str]:
@@ -438,9 +475,10 @@ ACTIVE_PREEMPTION: Preemption | None = None  # lets `fault("pause")` wake up whe
 def fault(point: str, step: int) -> None:
     """Failure injection for the kill/resume tests: `LRT_FAULT=ACTION:POINT:STEP` on rank 0, with
     ACTION `kill` (SIGKILL itself) or `pause` (sleep, for the test to SIGKILL the process group or
-    to send SIGTERM/SIGUSR1, which ends the pause) and POINT `after_step` (step logged) or
+    to send SIGTERM/SIGUSR1, which ends the pause) and POINT `after_step` (step logged),
     `in_save` (every rank's files are in the tmp dir, `trainer_state.json` is not: a
-    half-written checkpoint)."""
+    half-written checkpoint), `in_eval` (an evaluation begins: step 0 is `eval.at_start`, the last
+    step `eval.at_end`) or `in_final` (`final/` is about to be written)."""
     spec = os.environ.get("LRT_FAULT")
     if not spec or os.environ.get("RANK", "0") != "0":
         return

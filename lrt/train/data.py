@@ -189,6 +189,27 @@ class _StepMicroBatches(torch.utils.data.Dataset):
         return collate_step(self.collate, [self.rows[i] for i in idx], self.start + step)
 
 
+def length_grouping(r: Recipe, world: int) -> bool:
+    """`data.group_by_length`, default on whenever a step holds more than one list. It depends on the
+    global batch only, so 1 x 8, 2 x 4 and 8 x 1 (micro-batch x accumulation x processes) train on
+    the same lists (grouping off for a micro-batch of 1 made them differ)."""
+    if r.data.group_by_length is not None:
+        return r.data.group_by_length
+    return r.train.per_device_batch_size * r.train.grad_accum * world > 1
+
+
+def _ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGUSR1: Slurm and `kill -- -PGID` signal the whole process
+    group, and a worker dying first would end the run with "DataLoader worker killed" (exit 1) instead
+    of the main process finishing its step, checkpointing and exiting 75. The main process still
+    stops them (the iterator's shutdown, or their parent watchdog when it dies)."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class MicroBatchStream:
     """The collated micro-batches of each optimizer step, from any step on. With `num_workers` > 0
     they are collated in DataLoader worker processes (ahead of the step, pinned on CUDA) so the
@@ -205,7 +226,8 @@ class MicroBatchStream:
         ds = _StepMicroBatches(self.rows, self.sampler, self.collate, self.rank, step, max(step, self.total))
         self._it = iter(torch.utils.data.DataLoader(
             ds, batch_size=None, shuffle=False, num_workers=self.num_workers, pin_memory=self.pin,
-            prefetch_factor=max(2, self.sampler.grad_accum), persistent_workers=False))
+            prefetch_factor=max(2, self.sampler.grad_accum), persistent_workers=False,
+            worker_init_fn=_ignore_preemption_signals))
         self._next_step = step
 
     def step(self, step: int) -> list[dict[str, torch.Tensor]]:

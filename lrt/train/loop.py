@@ -35,7 +35,8 @@ from lrt.export import save_adapter
 from lrt.modeling import load_model
 from lrt.scoring import unwrap
 from lrt.train import checkpoint as ckpt
-from lrt.train.data import MicroBatchStream, StepSampler, batch_to, max_identifiers, prepare_data
+from lrt.train.data import (MicroBatchStream, StepSampler, batch_to, length_grouping, max_identifiers,
+                            prepare_data)
 from lrt.train.dist import DistEnv
 from lrt.train.metrics import MetricsLogger
 from lrt.train.module import RerankModule, Zero3EvalView
@@ -102,6 +103,13 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, recipe: Recipe) -> None:
+        try:
+            self._init(recipe)
+        except BaseException:
+            self.release()  # the output_dir lock of a run that failed to start (in-process callers go on)
+            raise
+
+    def _init(self, recipe: Recipe) -> None:
         self.r = recipe
         self.out = Path(recipe.output_dir)
         self.ds_cfg = deepspeed_config(recipe) if recipe.train.deepspeed else None
@@ -119,6 +127,11 @@ class Trainer:
         self.template = self.data.template
         self.train_examples, self.eval_examples = self.data.train_examples, self.data.eval_examples
         self.tok, self.id_ids = self.data.tok, self.data.id_ids
+        if self.env.is_main:
+            self._data_fingerprint()  # of the file this run reads now, not of whatever is there at the first save
+        self._judged: tuple[dict[str, dict[str, float]], str] | None = None
+        if recipe.eval.qrels and self.eval_examples:  # a qrels file that judges no eval query: before step 1
+            self._judged = eval_judgements(self.eval_examples, recipe.eval.qrels)
         rows = self.data.rows
         assert rows is not None
         self.rows = rows
@@ -128,10 +141,9 @@ class Trainer:
             from lrt.data.pointwise import PointwiseCollator
 
             self.collate = PointwiseCollator(pad, recipe.data.padding_side, recipe.scoring.negatives, recipe.train.seed)
-        group = recipe.data.group_by_length
         self.sampler = StepSampler(len(rows), recipe.train.per_device_batch_size, recipe.train.grad_accum,
                                    self.env.world, recipe.train.seed, lengths=self.data.lengths,
-                                   group=recipe.train.per_device_batch_size > 1 if group is None else group)
+                                   group=length_grouping(recipe, self.env.world))
         self.batches = MicroBatchStream(rows, self.sampler, self.collate, self.env.rank, 0, recipe.data.num_workers,
                                         pin_memory=self.env.device.type == "cuda")
         spe = self.sampler.steps_per_epoch
@@ -168,6 +180,8 @@ class Trainer:
         self.metrics = MetricsLogger(self.out, recipe, enabled=self.env.is_main)
         self.step = 0
         self._saved_step = -1
+        self._resumed_at_end = False
+        self._preempt: ckpt.Preemption | None = None
         self.best: dict[str, Any] | None = None
         self.eval_history: list[dict[str, Any]] = []
         self._maybe_resume()
@@ -272,6 +286,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any] | None:
         if not self.eval_examples or (self.id_ids is None and not self.r.pointwise):
             return None
+        ckpt.fault("in_eval", self.step)  # test hook: a signal during an evaluation (step 0: at_start, last: at_end)
         from lrt.rerank import Reranker
 
         r = self.r
@@ -298,7 +313,7 @@ class Trainer:
         allr: dict[str, list[str]] = {}
         for part in self.env.gather_objects({q: [d for d, _ in v] for q, v in ranked.items()}):
             allr.update(part)  # type: ignore[arg-type]
-        if getattr(self, "_judged", None) is None:  # read once (eval.qrels may be a large file)
+        if self._judged is None:  # read once (eval.qrels may be a large file)
             self._judged = eval_judgements(self.eval_examples, r.eval.qrels)
         qrels, kind = self._judged
         initial = {e.qid: [c.docid for c in e.candidates] for e in self.eval_examples}
@@ -317,7 +332,7 @@ class Trainer:
         previous checkpoint is untouched."""
         root = self.ckpt_root
         tmp = ckpt.tmp_dir(root, self.step)
-        err: OSError | None = None
+        err: tuple[int | None, str] | None = None
         if self.env.is_main:
             try:
                 root.mkdir(parents=True, exist_ok=True)
@@ -327,7 +342,7 @@ class Trainer:
                     shutil.rmtree(tmp)
                 tmp.mkdir(parents=True)
             except OSError as e:
-                err = e
+                err = (e.errno, str(e))
         self._check_save(err, tmp)
         try:
             torch.save(ckpt.rng_state(), tmp / f"rng-rank{self.env.rank}.pt")
@@ -345,8 +360,8 @@ class Trainer:
                 state = gather_on_rank0(self.hf_model, self.env.is_main)  # collective under ZeRO-3
                 if self.env.is_main:
                     save_adapter(self.hf_model, state, tmp / "adapter")
-        except OSError as e:
-            err = e
+        except Exception as e:  # noqa: BLE001 - torch.save says RuntimeError, safetensors SafetensorError
+            err = ckpt.write_error(e, tmp)
         self._check_save(err, tmp)  # also the barrier: every rank's files are written
         path = ckpt.step_dir(root, self.step)
         if self.env.is_main:
@@ -355,18 +370,19 @@ class Trainer:
                 state = {"step": self.step, "world_size": self.env.world, "total_steps": self.total_steps,
                          "best": self.best, "eval_history": self.eval_history, "backend": self._backend_name(),
                          "zero_stage": zero_stage(self.ds_cfg), "lora": self.is_lora,
-                         "loaded_partitioned": self.loaded_partitioned}
+                         "loaded_partitioned": self.loaded_partitioned, "data_train": self._data_fingerprint(),
+                         "group_by_length": self.sampler.group}
                 protect = (self.best["checkpoint"],) if self.best and self.best.get("checkpoint") else ()
                 path = ckpt.finalize(root, self.step, state, self.r.train.keep_last, protect)
             except OSError as e:
-                err = e
+                err = (e.errno, str(e))
         self._check_save(err, tmp)
         self._saved_step = self.step
         return path
 
-    def _check_save(self, err: OSError | None, tmp: Path) -> None:
+    def _check_save(self, err: tuple[int | None, str] | None, tmp: Path) -> None:
         """Collective: if any rank failed to write, every rank raises one clear error (no traceback)."""
-        errors = [e for e in self.env.gather_objects(None if err is None else (err.errno, str(err))) if e]
+        errors = [e for e in self.env.gather_objects(err) if e]
         if not errors:
             return
         if self.env.is_main:
@@ -392,6 +408,8 @@ class Trainer:
         checkpoints it would mix with its own, and which `resume=auto` would later continue)."""
         t = self.r.train
         used = ckpt.previous_run(self.out)
+        if self.env.is_main:  # held until the process exits (or `train` returns): one run per output_dir
+            self._lock = ckpt.run_lock(self.out).acquire()
         if t.resume == "none" and used and not t.overwrite_output_dir:
             raise LrtError(
                 f"output_dir {self.out} already holds a run ({', '.join(used)}): continue it with train.resume=auto, "
@@ -440,7 +458,8 @@ class Trainer:
         if path is not None and problems and self.env.is_main:
             log.warning("resuming from %s, an older checkpoint (newer ones are unusable, see above)", path)
         if self.env.is_main and t.resume != "none":
-            dropped = ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step)
+            # no checkpoint (e.g. preempted during eval.at_start): everything is run again, step 0 included
+            dropped = ckpt.truncate_metrics(self.out / "metrics.jsonl", self.step if path is not None else -1)
             if dropped:
                 log.info("metrics.jsonl: dropped %d records after step %d (they are trained again)", dropped, self.step)
         if path is not None and self.env.is_main:
@@ -462,6 +481,7 @@ class Trainer:
     def _check_recipe(self, path: Path) -> None:
         import yaml
 
+        self._check_data(path)
         from lrt.config import Recipe
 
         try:
@@ -473,14 +493,50 @@ class Trainer:
             saved = Recipe.model_validate(saved).model_dump(mode="json")
         except Exception:  # noqa: BLE001 - an older schema: compare the raw file
             pass
-        world = (int(ckpt.read_state(path).get("world_size") or 1), self.env.world)
+        state = ckpt.read_state(path)
+        world = (int(state.get("world_size") or 1), self.env.world)
         changes = ckpt.recipe_changes(saved, self.r.model_dump(mode="json"), world)
+        grouped = state.get("group_by_length")
+        if grouped is None and isinstance(saved, dict):  # a checkpoint of an older lrt: its default (micro-batch > 1)
+            g = (saved.get("data") or {}).get("group_by_length")
+            grouped = g if g is not None else (saved.get("train") or {}).get("per_device_batch_size", 1) > 1
+        if grouped is not None and bool(grouped) != length_grouping(self.r, self.env.world) and not any(
+                c.startswith("data.group_by_length") for c in changes):
+            changes.append(f"length grouping (data.group_by_length, default on when the global batch > 1): "
+                           f"{bool(grouped)} -> {length_grouping(self.r, self.env.world)}; set "
+                           f"data.group_by_length={str(bool(grouped)).lower()} to continue as it trained")
         if changes:
             raise LrtError(
                 f"train.resume: {path} was trained with a different recipe; resuming would silently continue it "
                 f"under new settings. Changed: {'; '.join(changes)}. Revert them, or start a new run in another "
                 "output_dir (or train.resume=none train.overwrite_output_dir=true). Only max_steps/epochs, "
                 "save/log/eval/log settings and output_dir may change on resume"
+            )
+
+    def _data_fingerprint(self) -> str | None:
+        """The contents of data.train (a local file or directory; None for a `datasets` source), stored
+        in every checkpoint so `train.resume` notices a training file changed under it."""
+        if getattr(self, "_data_fp", "unset") == "unset":
+            from lrt.config import resolve_path
+            from lrt.data.cache import source_fingerprint
+
+            src = resolve_path(self.r.data.train)
+            self._data_fp = source_fingerprint(src, self.r.data.split) if Path(src).exists() else None
+        return self._data_fp
+
+    def _check_data(self, path: Path) -> None:
+        """A resumed run continues the data order of the checkpoint (step number = data position):
+        on a changed training file it would silently train on other lists than it says."""
+        saved = ckpt.read_state(path).get("data_train")
+        if not saved or self.r.train.allow_data_change:
+            return
+        now = self._data_fingerprint()
+        if now is not None and now != saved:
+            raise LrtError(
+                f"train.resume: data.train {self.r.data.train} changed since {path} was written (its contents "
+                "differ from the file that run trained on), so the resumed steps would not be the lists the "
+                "checkpoint's data position refers to. Restore the original file, start a new run in another "
+                "output_dir, or set train.allow_data_change=true to resume on the new file anyway"
             )
 
     def _load_checkpoint(self, path: Path) -> str | None:
@@ -548,6 +604,7 @@ class Trainer:
             ckpt.set_rng_state(ckpt.safe_load(rng))
         self.step = int(state["step"])
         self._saved_step = self.step
+        self._resumed_at_end = self.step >= self.total_steps
         self.best = state.get("best")
         self.eval_history = state.get("eval_history", [])
 
@@ -560,11 +617,16 @@ class Trainer:
             self.print_summary()
         history: list[dict[str, Any]] = []
         bar = self.metrics.progress(self.total_steps, initial=self.step)
+        # SIGTERM/SIGUSR1 only set a flag from here until fit returns: each phase (a step, an
+        # evaluation, the end-of-run evaluation, the final/ export) finishes, then the run checkpoints
+        # and exits 75 (or, when the signal came during the final export, completes and exits 0)
+        self._preempt = ckpt.ACTIVE_PREEMPTION = ckpt.Preemption().install()
         if self.step == 0 and r.eval.at_start and (r.eval.every or r.eval.at_end):
             self._run_eval()
             bar.restart_clock()  # rate and ETA of training steps, not of the initial evaluation
+            if self._preempt_requested():
+                self._stop_preempted(checkpoint=False)  # nothing trained yet: the resumed run starts over
         t0 = time.perf_counter()
-        self._preempt = ckpt.ACTIVE_PREEMPTION = ckpt.Preemption().install()  # SIGTERM/SIGUSR1: checkpoint, exit 75
         while self.step < self.total_steps:
             rec = self.train_step()
             rec["elapsed_s"] = round(time.perf_counter() - t0, 3)
@@ -581,24 +643,33 @@ class Trainer:
                 self._run_eval()
             if r.train.save_every and self.step % r.train.save_every == 0 and self._saved_step != self.step:
                 self.save_checkpoint()
-            if self.env.any(self._preempt.signal is not None):  # every rank stops after the same step
+            if self._preempt_requested():  # every rank stops after the same step
                 self._stop_preempted()
-        self._release_signals()
         bar.close()
+        self.batches.close()  # no DataLoader worker outlives the loop
         if (r.train.save_every or self.is_lora) and self._saved_step != self.step:
             self.save_checkpoint()  # the final state, resumable and exportable (`lrt export RUN_DIR`)
-        if r.eval.at_end:
+        if self._preempt_requested():
+            self._stop_preempted()
+        if r.eval.at_end and not self._end_eval_done():
             self._run_eval()
+            if self._preempt_requested():
+                self._stop_preempted()  # the checkpoint holds this evaluation: the resumed run skips it
         final_dir = None
         if r.train.save_final:
             from lrt.export import export_final
 
+            ckpt.fault("in_final", self.step)  # test hook: a signal while final/ is about to be written
             final_dir = export_final(self, self.out / "final")  # the best checkpoint under eval.select_best
         self.metrics.close()
         if self.env.is_main:
             from lrt.plot import write_run_plots
 
             write_run_plots(self.out)
+        if self._preempt is not None and self._preempt.signal and self.env.is_main:
+            log.warning("%s arrived while the run was finishing: the run is complete (final/ written), "
+                        "nothing to resume", self._preempt.signal)
+        self._release_signals()
         return TrainResult(self.out, self.step, history, self.eval_history, final_dir)
 
     def _update_is_finite(self, grad_norm: float | None) -> bool:
@@ -629,22 +700,44 @@ class Trainer:
             + " (or set train.on_nonfinite=skip to skip such updates)"
         )
 
-    def _stop_preempted(self) -> None:
-        """SIGTERM/SIGUSR1 arrived: the step is finished; checkpoint it, leave a marker, exit 75."""
+    def _preempt_requested(self) -> bool:
+        """Collective: did any rank get SIGTERM/SIGUSR1 (every rank then stops at the same point)."""
+        return self.env.any(self._preempt is not None and self._preempt.signal is not None)
+
+    def _end_eval_done(self) -> bool:
+        """A resumed run whose checkpoint was written after its end-of-run evaluation (preempted
+        right after it) does not evaluate that step again."""
+        return bool(self.eval_history) and self.eval_history[-1].get("step") == self.step and self._resumed_at_end
+
+    def _stop_preempted(self, checkpoint: bool = True) -> None:
+        """SIGTERM/SIGUSR1 arrived: the phase in flight is finished; checkpoint, leave a marker, exit 75.
+        Called while the handlers are still installed, so a second signal cannot kill the save."""
         from lrt.errors import Preempted
 
         sig = self._preempt.signal or "a signal on another rank"
-        self._release_signals()
         self.metrics.flush_steps()
-        path = self.save_checkpoint() if self._saved_step != self.step else ckpt.step_dir(self.ckpt_root, self.step)
+        path: Path | None = None
+        if checkpoint:
+            path = self.save_checkpoint() if self._saved_step != self.step else ckpt.step_dir(self.ckpt_root, self.step)
         if self.env.is_main:
             import json as _json
 
             (self.out / ckpt.PREEMPTED).write_text(_json.dumps({"step": self.step, "signal": sig,
-                                                               "checkpoint": str(path)}), encoding="utf-8")
+                                                               "checkpoint": str(path) if path else None}),
+                                                   encoding="utf-8")
         self.env.barrier()  # the marker exists before any rank exits (launchers read it)
-        raise Preempted(f"stopped by {sig} after step {self.step}: checkpoint {path} written; "
+        self.batches.close()
+        self._release_signals()
+        what = f"checkpoint {path} written" if path else "nothing trained yet, no checkpoint needed"
+        raise Preempted(f"stopped by {sig} after step {self.step}: {what}; "
                         "resume with train.resume=auto (exit code 75 means: requeue me)")
+
+    def release(self) -> None:
+        """The signal handlers and the output_dir lock (also freed by the kernel when the process exits)."""
+        self._release_signals()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def _release_signals(self) -> None:
         if getattr(self, "_preempt", None) is not None:
@@ -687,7 +780,7 @@ class Trainer:
             "device": str(self.env.device), "trackers": self.metrics.active, "output_dir": str(self.out),
         }
         pad = getattr(self.sampler, "padding_fraction", None)
-        if pad is not None and r.train.per_device_batch_size > 1:
+        if pad is not None and r.train.per_device_batch_size > 1:  # one list per micro-batch pads nothing
             s["padding"] = {"grouped": bool(self.sampler.grouped), "ungrouped": pad(grouped=False),
                             "with_grouping": pad(grouped=True)}
         emit(format_summary(s))
@@ -787,6 +880,6 @@ def train(recipe: Recipe) -> TrainResult:
     try:
         res = trainer.fit()
     finally:
-        trainer._release_signals()  # the SIGTERM/SIGUSR1 handlers never outlive the run
+        trainer.release()  # the SIGTERM/SIGUSR1 handlers and the output_dir lock never outlive the run
     trainer.env.close()  # after a completed run only: a failed rank must not wait on its peers here
     return res

@@ -237,9 +237,7 @@ def verified_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
     root = run_dir / "checkpoints"
     if checkpoint:
         p = Path(checkpoint)
-        if not p.is_dir():
-            raise LrtError(f"--checkpoint {checkpoint}: not a directory; give one of {root}/step-*")
-        if Path(os.path.realpath(p)).parent != Path(os.path.realpath(root)):
+        if p.exists() and Path(os.path.realpath(p)).parent != Path(os.path.realpath(root)):
             raise LrtError(f"--checkpoint {checkpoint}: not a checkpoint of {run_dir} (it is not in {root}); its "
                            f"weights would be exported under this run's recipe and card: export its own run "
                            f"(`lrt export {p.parent.parent} --checkpoint {checkpoint} --out DIR`)")

@@ -49,6 +49,7 @@ class PointwiseTemplate:
     no: str = "no"
     max_passage_tokens: int = 300
     kind: str = "pointwise"
+    bos: bool = False  # the tokenizer's BOS token id first (prompt.bos=always; Gemma-style rerankers)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PointwiseTemplate":
@@ -98,6 +99,10 @@ def encode_pair_cut(tokenizer: Any, t: PointwiseTemplate, query: str, passage: s
     """`encode_pair` and whether the body was cut to fit `max_length`."""
     enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     pre, suf = enc(t.prefix), enc(t.suffix)
+    if t.bos:  # as a token id, the way `tokenizer(text)` adds it (a BOS string would tokenize differently)
+        if getattr(tokenizer, "bos_token_id", None) is None:
+            raise LrtError("prompt.bos=always, but the tokenizer has no BOS token: set prompt.bos=never (or auto)")
+        pre = [int(tokenizer.bos_token_id), *pre]
     doc = truncate_tokens(tokenizer, passage, t.max_passage_tokens)  # no escaping: the published template has none
     body = enc(t.body.format(instruction=t.instruction, query=query, doc=doc))
     room = max_length - len(pre) - len(suf)

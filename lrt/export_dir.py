@@ -195,6 +195,8 @@ def check_weights(d: Path) -> None:
         try:
             with open(f, "rb") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))
+                if n > f.stat().st_size - 8:
+                    raise ValueError(f"header length {n} exceeds the file's {f.stat().st_size} bytes")
                 header = json.loads(fh.read(n))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
             if f.stat().st_size < 8 + n + end:
@@ -202,5 +204,5 @@ def check_weights(d: Path) -> None:
             with safe_open(str(f), "pt") as st:
                 list(st.keys())
         except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-            raise LrtError(f"{f}: unreadable weights ({one_line(e)}; truncated or corrupt?): re-export the model "
-                           "with `lrt export`") from None
+            raise LrtError(f"{f}: cannot load the model weights ({one_line(e)}; truncated or corrupt?): re-export "
+                           "the model with `lrt export`") from None

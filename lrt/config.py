@@ -340,6 +340,23 @@ def _pointwise_problems(r: Recipe) -> list[str]:
     if bad:
         out.append(f"scoring.mode=pointwise scores pairs, it has no listwise target: remove loss terms {bad} "
                    "(use softmax_ce, bce, ranknet, ...)")
+    if r.prompt.system is not None:
+        out.append("prompt.system: a pointwise pair template has no separate system message: write it into "
+                   "prompt.prefix (the text before the pair body), or use scoring.instruction")
+    if r.prompt.passage is not None:
+        out.append("prompt.passage: a pointwise pair holds one passage in the preset's body, there are no passage "
+                   "lines to format: remove it (prompt.prefix, prompt.suffix and scoring.instruction are used)")
+    import string
+
+    for key in ("prefix", "suffix"):
+        text = getattr(r.prompt, key)
+        try:
+            names = [n for _, n, _, _ in string.Formatter().parse(text or "") if n in ("query", "doc", "instruction", "num")]
+        except ValueError:
+            names = []
+        if names:
+            out.append(f"prompt.{key}: a pointwise {key} is literal text, {{{names[0]}}} would not be filled in: the "
+                       "query and passage go into the preset's body (set scoring.instruction for {instruction})")
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ def save_meta(out: Path, r: Recipe, tok: Any = None) -> None:
     if r.pointwise:  # one sequence per pair: no window; the pointwise template and the mode are recorded
         from lrt.train.pointwise import pointwise_template
 
-        RerankerMeta(template=pointwise_template(r).to_dict(), window=r.eval.batch_size, stride=1,
-                     max_length=r.data.max_length, bos="none", mode="pointwise").save(out)
+        t = pointwise_template(r)  # what training encoded: the recipe's prefix, suffix, instruction and BOS
+        RerankerMeta(template=t.to_dict(), window=r.eval.batch_size, stride=1, max_length=r.data.max_length,
+                     bos="prepended" if t.bos else "none", mode="pointwise").save(out)
         return
     w = r.eval.window or r.data.window or 20
     template = prompt_template(r)
@@ -170,6 +172,9 @@ def export_trained(trainer: Any, out: Path, selection: str | None = None) -> Pat
                 write_export(merged, trainer.tok, r, out, src, n, **card)
         else:
             write_export(unwrap(model), trainer.tok, r, out, src, n, state_dict=state, **card)
+        from lrt.export_dir import record
+
+        record(out, "adapter-only" if lora and r.model.quantization is not None else "full")
     env.barrier()
     return out
 
@@ -199,24 +204,68 @@ def load_checkpoint_tensors(cp: Path, model: nn.Module) -> dict[str, torch.Tenso
 def export_run(
     run_dir: str | Path, out: str | Path, checkpoint: str | None = None, dtype: str = "float32",
     adapter_only: bool = False, as_trained: bool = False, selection: str | None = None, usage_path: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """`lrt export RUN_DIR --out DIR`: rebuild the model from the run's resolved recipe (unquantised,
     in `dtype`), load the trained tensors of a checkpoint (default: newest complete), merge LoRA,
     and write a plain Hugging Face reranker checkpoint. `as_trained` rebuilds exactly as trained
-    (QLoRA: 4-bit), where merging is refused with an explanation."""
+    (QLoRA: 4-bit), where merging is refused with an explanation. The checkpoint is verified against
+    its manifest as resume does; `out` is written whole or not at all (lrt.export_dir)."""
     from lrt.config import load_recipe
-    from lrt.modeling import load_tokenizer
-    from lrt.train import checkpoint as ckpt
+    from lrt.export_dir import check_destination, staged
 
     run_dir, out = Path(run_dir), Path(out)
     recipe_file = run_dir / "recipe.resolved.yaml"
     if not recipe_file.exists():
         raise LrtError(f"{run_dir}: not an lrt run directory (no recipe.resolved.yaml)")
+    kind = "adapter-only" if adapter_only else "full"
+    check_destination(out, kind, overwrite, protect=(run_dir / "checkpoints", recipe_file))
     trained = load_recipe(recipe_file, ["train.resume=none", "train.deepspeed=null"], check_files=False)
     r = export_recipe(trained, dtype, as_trained)
-    cp = ckpt.find_resume(run_dir / "checkpoints", checkpoint or "auto")
-    if cp is None:
+    cp = verified_checkpoint(run_dir, checkpoint)
+    with staged(out, kind) as tmp:
+        _export_checkpoint(run_dir, cp, r, tmp, checkpoint, as_trained, adapter_only, dtype, selection, usage_path)
+    return out
+
+
+def verified_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """The checkpoint to export, checked exactly as resume checks it (`checkpoint.verify`: every file
+    against the manifest; DeepSpeed pickles vetted): `--checkpoint` must be one of this run's; by
+    default the newest complete one that verifies (newer broken ones are skipped with a warning)."""
+    from lrt.train import checkpoint as ckpt
+
+    root = run_dir / "checkpoints"
+    if checkpoint:
+        p = Path(checkpoint)
+        if p.exists() and Path(os.path.realpath(p)).parent != Path(os.path.realpath(root)):
+            raise LrtError(f"--checkpoint {checkpoint}: not a checkpoint of {run_dir} (it is not in {root}); its "
+                           f"weights would be exported under this run's recipe and card: export its own run "
+                           f"(`lrt export {p.parent.parent} --checkpoint {checkpoint} --out DIR`)")
+    candidates = ckpt.resume_candidates(root, checkpoint or "auto")
+    if not candidates:
         raise LrtError(f"{run_dir}: no complete checkpoint to export (train with train.save_every, or use {run_dir}/final)")
+    problems = []
+    for cp in candidates:
+        why = ckpt.verify(cp)
+        if why is None and (cp / "ds").is_dir():
+            try:
+                ckpt.vet_pickles(cp / "ds")
+            except ckpt.CheckpointError as e:
+                why = str(e)
+        if why is None:
+            if problems:
+                log.warning("exporting %s, an older checkpoint: %s", cp, " | ".join(problems))
+            return cp
+        problems.append(f"{cp}: {why}")
+    raise LrtError(f"no verified checkpoint to export ({len(candidates)} tried): " + " | ".join(problems)
+                   + ". Give another one with --checkpoint, or re-train")
+
+
+def _export_checkpoint(run_dir: Path, cp: Path, r: Recipe, out: Path, checkpoint: str | None, as_trained: bool,
+                       adapter_only: bool, dtype: str, selection: str | None, usage_path: str | None) -> Path:
+    from lrt.modeling import load_tokenizer
+    from lrt.train import checkpoint as ckpt
+
     tok = load_tokenizer(r)
     from lrt.modeling import load_model
 
@@ -246,32 +295,56 @@ def export_run(
     return write_export(merged, tok, r, out, src, run_dir=run_dir, **card)
 
 
+def check_repo_id(repo_id: str) -> None:
+    """A Hub repo id (`org/name`) the Hub accepts; checked before anything is written or sent."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise LrtError(f"--push-to-hub {repo_id!r}: not a valid Hub repo id ({str(e).splitlines()[0]}); "
+                       "use ORG/NAME (letters, digits, '-', '_', '.')") from None
+
+
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, commit_message: str | None = None) -> str:
-    """Upload an export folder to the Hugging Face Hub (`HfApi.create_repo` + `upload_folder`).
+    """Upload an export folder to the Hugging Face Hub (`HfApi.create_repo` + one commit).
 
-    The token comes from the environment (`HF_TOKEN`) or huggingface_hub's own login cache; lrt
-    never writes it anywhere. `HF_ENDPOINT` selects another Hub (or a local test server)."""
-    import os
-
-    from huggingface_hub import HfApi, constants, get_token
+    Only the files lrt wrote are uploaded (`lrt.export_dir.upload_list`: regular files, no symlinks,
+    no stray `.env`); the card's usage snippets name the repo in the uploaded copy only, so a failed
+    push leaves the local export as it was. The token comes from the environment (`HF_TOKEN`) or
+    huggingface_hub's own login cache; lrt never writes it anywhere. `HF_ENDPOINT` selects another
+    Hub (or a local test server)."""
+    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
+    from lrt.card import PLACEHOLDER
+    from lrt.export_dir import one_line, upload_list
+
     folder = Path(folder)
+    check_repo_id(repo_id)
     if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
         raise LrtError(f"{folder}: not an exported model (no config.json); run `lrt export RUN_DIR --out DIR` first")
+    names = upload_list(folder)
     if constants.HF_HUB_OFFLINE:
         raise LrtError("offline mode (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1) is set: unset it to push to the Hub")
     token = os.environ.get("HF_TOKEN") or get_token()
     if not token:
         raise LrtError("no Hugging Face token: set HF_TOKEN to a token with write access (or run `hf auth login`)")
+    ops = []
+    for n in names:
+        data = (folder / n).read_bytes()
+        if n == "README.md":
+            data = data.decode("utf-8").replace(PLACEHOLDER, repo_id).encode("utf-8")
+        ops.append(CommitOperationAdd(path_in_repo=n, path_or_fileobj=data))
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         # private=None (not False) without --private: the Hub's (or the organisation's) default visibility
         url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+        info = api.create_commit(repo_id=repo_id, operations=ops, repo_type="model",
                                  commit_message=commit_message or f"lrt export ({folder.name})")
-    except HfHubHTTPError as e:
-        raise LrtError(f"push to {repo_id} failed: {str(e).splitlines()[0]}") from None
+    except (HfHubHTTPError, ValueError, OSError) as e:
+        raise LrtError(f"push to {repo_id} failed: {one_line(e).replace(token, '***')}") from None
     log.info("pushed %s to %s (%s)", folder, url, getattr(info, "commit_url", info))
     return str(url)
 
@@ -311,13 +384,16 @@ def export_final(trainer: Any, out: Path) -> Path:
         if r.model.lora is not None:
             adapter_dir = out / "adapter"
             export_run(trainer.out, adapter_dir, str(cp), adapter_only=True, selection=why)
+            from lrt.export_dir import record
+
+            record(out, "full")  # the list of files lrt wrote now includes adapter/
         log.info("final/: step %s (best evaluation) from %s%s", best.get("step"), cp.name,
                  f", adapter in {adapter_dir}" if adapter_dir else "")
     trainer.env.barrier()
     return out
 
 
-def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -> Path:
+def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False) -> Path:
     """A pointwise export as a sequence classifier with ONE output: score.weight = W[yes] - W[no], so
     `AutoModelForSequenceClassification` (sentence-transformers' CrossEncoder, vLLM's score API) gives
     logit(yes) - logit(no) at the last non-pad token, the score lrt trained. The decoder is copied as
@@ -330,12 +406,16 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -
     from lrt.data.pointwise import PointwiseTemplate, yes_no_ids
     from lrt.rerank import load_export_tokenizer
 
+    from lrt.export_dir import check_destination, check_weights, staged
+
     src, out = Path(src), Path(out)
+    check_destination(out, "seq-cls", overwrite, protect=(src,))
     meta = RerankerMeta.load(src)
     if meta.mode != "pointwise":
         raise LrtError(f"{src}: a {meta.mode} export; --to-seq-cls converts pointwise (yes/no) models only")
     tok = load_export_tokenizer(src)
     yes, no = yes_no_ids(tok, PointwiseTemplate.from_dict(meta.template))
+    check_weights(src)
     lm = _load_merged_lm(src, getattr(torch, dtype) if dtype else None)
     head = lm.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
@@ -353,16 +433,16 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None) -
         seq.score.weight.copy_((head.weight[yes] - head.weight[no])[None, :])
     # vLLM without --chat-template scores `query + document` as one text, not a tokenizer text pair
     seq.config.use_sep_token = False
-    out.mkdir(parents=True, exist_ok=True)
-    seq.save_pretrained(str(out), safe_serialization=True)
     # the pair template as the chat template: sentence-transformers (>= 6) renders a (query, document) pair
     # through it, vLLM's score API with `--chat-template DIR/chat_template.jinja`; the classifier's length
     # is the trained one (sentence-transformers truncates to it and keeps the suffix)
     tok.chat_template = score_chat_template(PointwiseTemplate.from_dict(meta.template))
     tok.model_max_length = meta.max_length
-    tok.save_pretrained(str(out))
-    (out / "lrt_seq_cls.json").write_text(json.dumps({"source": str(src), "score": "logit(yes) - logit(no)",
-                                                      "template": meta.template}, indent=2), encoding="utf-8")
+    with staged(out, "seq-cls") as tmp:
+        seq.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "lrt_seq_cls.json").write_text(json.dumps({"source": str(src), "score": "logit(yes) - logit(no)",
+                                                          "template": meta.template}, indent=2), encoding="utf-8")
     return out
 
 
@@ -397,7 +477,7 @@ def score_chat_template(t: Any) -> str:
            '| first -%}{%- if c is string -%}{{- c -}}{%- elif c -%}{%- for p in c if p.type == "text" -%}'
            '{{- p.text -}}{%- endfor -%}{%- endif -%}{%- endmacro -%}',
            '{%- set instruction = text("system") or ' + json.dumps(t.instruction, ensure_ascii=False) + " -%}",
-           lit(t.prefix)]
+           *(["{{- bos_token -}}"] if getattr(t, "bos", False) else []), lit(t.prefix)]
     for literal, name, spec, conv in string.Formatter().parse(t.body):
         if literal:
             out.append(lit(literal))

@@ -27,12 +27,19 @@ def main(argv: list[str] | None = None) -> int:
                    "merging into a quantised base is refused")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the export to this Hub repo (org/name)")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out directory that holds another kind of export or files lrt did not write "
+                   "(replaced whole, never mixed; an export of the same kind is always replaced whole)")
     p.add_argument("--to-seq-cls", action="store_true",
                    help="convert a pointwise export (RUN_DIR/final, or its LoRA adapter/, merged first) into a "
                    "one-output sequence classifier (score row = W[yes] - W[no]) whose chat template renders "
                    "(query, passage) pairs, for sentence-transformers' CrossEncoder and vLLM's score API")
     a = p.parse_args(argv)
     src = Path(a.run_dir)
+    if a.push_to_hub:  # before anything is written: a bad repo id must not leave a half-used export
+        from lrt.export import check_repo_id
+
+        check_repo_id(a.push_to_hub)
     if a.to_seq_cls:
         if a.out is None:
             raise LrtError("--to-seq-cls needs --out DIR (where to write the sequence classifier)")
@@ -40,29 +47,21 @@ def main(argv: list[str] | None = None) -> int:
             raise LrtError(f"{src}: no lrt_reranker.json; --to-seq-cls converts an export (e.g. RUN_DIR/final)")
         from lrt.export import export_seq_cls
 
-        print(f"exported sequence classifier: {export_seq_cls(src, a.out, a.dtype)}")
+        print(f"exported sequence classifier: {export_seq_cls(src, a.out, a.dtype, a.overwrite)}")
         return 0
     if (src / "lrt_reranker.json").exists() and not (src / "recipe.resolved.yaml").exists():
         if not a.push_to_hub:
             raise LrtError(f"{src} is already an export; give a run directory, or --push-to-hub REPO to upload it")
         if a.out or a.checkpoint:
             raise LrtError(f"{src} is an export: --out/--checkpoint apply to run directories only")
-        _card_path(src, a.push_to_hub)
-        print(f"pushed: {push_to_hub(src, a.push_to_hub, a.private)}")
+        print(f"pushed: {push_to_hub(src, a.push_to_hub, a.private)}")  # the card names the repo in the upload only
         return 0
     if a.out is None:
         raise LrtError("--out DIR is required (where to write the export)")
-    out = export_run(a.run_dir, a.out, a.checkpoint, a.dtype, a.adapter_only, a.as_trained, usage_path=a.push_to_hub)
+    out = export_run(a.run_dir, a.out, a.checkpoint, a.dtype, a.adapter_only, a.as_trained, usage_path=a.push_to_hub,
+                     overwrite=a.overwrite)
     print(f"exported: {out}")
     if a.push_to_hub:
         print(f"pushed: {push_to_hub(out, a.push_to_hub, a.private)}")
     return 0
 
-
-def _card_path(export_dir: Path, repo: str) -> None:
-    """Point the card's usage snippets at the Hub repo instead of the local placeholder."""
-    from lrt.card import PLACEHOLDER
-
-    card = export_dir / "README.md"
-    if card.exists():
-        card.write_text(card.read_text(encoding="utf-8").replace(PLACEHOLDER, repo), encoding="utf-8")

@@ -161,6 +161,34 @@ def check_output_path(path: str, flag: str) -> None:
         raise LrtError(f"{flag} {path}: {parent} is not writable; choose another location")
 
 
+def _same_file(a: str, b: str) -> bool:
+    """The same file: one path, or one file through a symlink or a hard link."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_paths_distinct(a: argparse.Namespace) -> None:
+    """Before any work: every input a regular file, and no output the same file as an input (or as
+    the other output): the output is written over it, and that input is lost."""
+    from lrt.io.trec import not_a_file
+
+    inputs = [(f, v) for f, v in (("--run", a.run), ("--queries", a.queries), ("--corpus", a.corpus),
+                                  ("--requests", a.requests)) if v]
+    for flag, path in inputs:
+        if not Path(path).is_file():
+            raise LrtError(f"{flag} {path}: {not_a_file(Path(path))}; give a regular file")
+    outputs = [("--out", a.out)] + ([("--stats", a.stats)] if a.stats else [])
+    for i, (oflag, out) in enumerate(outputs):
+        for flag, path in inputs + outputs[i + 1:]:
+            if _same_file(out, path):
+                raise LrtError(f"{oflag} {out} is the same file as {flag} {path}: writing it would destroy that "
+                               f"{'input' if (flag, path) in inputs else 'output'}; choose another {oflag} path")
+
+
 def check_export(path: str, flag: str = "--model") -> None:
     """lrt_reranker.json parses and the tokenizer files are there (cheap; before reading any input)."""
     from lrt.rerank import TOKENIZER_FILES, RerankerMeta
@@ -171,6 +199,10 @@ def check_export(path: str, flag: str = "--model") -> None:
     if not any(Path(path, f).exists() for f in TOKENIZER_FILES):
         raise LrtError(f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}): the export is "
                        "incomplete; re-export with `lrt export RUN_DIR --out DIR`")
+    if flag == "--model" and any(Path(path).glob("*.safetensors")):  # hf backend: the weights load here
+        from lrt.export_dir import check_weights
+
+        check_weights(Path(path))
 
 
 def scored_lines(qid: str, ranked: list[tuple[str, float]], rest: list[str], tag: str) -> list[str]:
@@ -288,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output_path(a.out, "--out")
     if a.stats:
         check_output_path(a.stats, "--stats")
+    check_paths_distinct(a)
     if a.nproc_per_node > 1 and not distributed:
         return _relaunch(argv, a.nproc_per_node)
 

@@ -50,6 +50,7 @@ class PointwiseTemplate:
     no: str = "no"
     max_passage_tokens: int = 300
     kind: str = "pointwise"
+    bos: bool = False  # the tokenizer's BOS token id first (prompt.bos=always; Gemma-style rerankers)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PointwiseTemplate":
@@ -99,6 +100,10 @@ def encode_pair_cut(tokenizer: Any, t: PointwiseTemplate, query: str, passage: s
     """`encode_pair` and whether the body was cut to fit `max_length`."""
     enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     pre, suf = enc(t.prefix), enc(t.suffix)
+    if t.bos:  # as a token id, the way `tokenizer(text)` adds it (a BOS string would tokenize differently)
+        if getattr(tokenizer, "bos_token_id", None) is None:
+            raise LrtError("prompt.bos=always, but the tokenizer has no BOS token: set prompt.bos=never (or auto)")
+        pre = [int(tokenizer.bos_token_id), *pre]
     doc = truncate_tokens(tokenizer, passage, t.max_passage_tokens)  # no escaping: the published template has none
     # query and passage are encoded as text: a `<|im_end|>` in them is never the control token
     body = encode_text(tokenizer, fill(tokenizer, lambda v: t.body.format(instruction=t.instruction, query=v["q"],

@@ -27,9 +27,20 @@ def _open(path: PathLike) -> TextIO:
     """Open text (transparently gunzipping `.gz`) or raise a DataError that names the path."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: file not found (or not a regular file); check the path")
+        raise DataError(f"{p}: {not_a_file(p)}; give a regular file (check the path)")
     # utf-8-sig: a BOM written by Windows tools would otherwise glue itself to the first qid
     return gzip.open(p, "rt", encoding="utf-8-sig") if p.suffix == ".gz" else open(p, encoding="utf-8-sig")
+
+
+def not_a_file(p: Path) -> str:
+    """Why `p` is not a readable regular file, in words (a FIFO would block the reader forever)."""
+    if p.is_symlink() and not p.exists():
+        return f"a dangling symlink (to {os.readlink(p)})"
+    if not p.exists():
+        return "file not found"
+    if p.is_dir():
+        return "a directory, not a file"
+    return "not a regular file (a FIFO, socket or device), which lrt does not read"
 
 
 def _lines(path: PathLike, comments: bool = False) -> Iterator[tuple[int, str]]:

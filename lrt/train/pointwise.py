@@ -19,8 +19,13 @@ from lrt.train.objective import Objective
 
 
 def pointwise_template(r: Recipe) -> PointwiseTemplate:
-    return PointwiseTemplate.preset(r.prompt.preset, instruction=r.scoring.instruction,
-                                    max_passage_tokens=r.prompt.max_passage_tokens)
+    """The preset's pair template with the recipe's own parts: `prompt.prefix` / `prompt.suffix`
+    replace the text before / after the pair body, `scoring.instruction` fills {instruction},
+    `prompt.bos=always` puts the tokenizer's BOS first (auto and never: none, as the presets'
+    published usage code). `prompt.system` and `prompt.passage` are refused by the recipe check."""
+    return PointwiseTemplate.preset(r.prompt.preset, instruction=r.scoring.instruction, prefix=r.prompt.prefix,
+                                    suffix=r.prompt.suffix, max_passage_tokens=r.prompt.max_passage_tokens,
+                                    bos=r.prompt.bos == "always")
 
 
 def prepare_pointwise_data(r: Recipe, env: Any, objective: Objective) -> Any:

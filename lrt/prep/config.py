@@ -98,6 +98,9 @@ class LabelsCfg(_Strict):
     mode: Literal["single_pass", "freeze_prefix", "full_repass"] = "freeze_prefix"
     num_passes: Optional[PosInt] = None  # default: enough passes to complete the list
     max_candidates: Optional[PosInt] = None  # keep only the first N candidates (first-stage order)
+    # store the teacher's score of each candidate with its list (`teacher_scores`, for margin_mse /
+    # kl_distill): a scores teacher's scores; a hf teacher's first-token identifier log-probs
+    teacher_scores: bool = False
 
 
 class PromptCfg(_Strict):
@@ -175,6 +178,11 @@ def cross_checks(cfg: JobCfg) -> list[str]:
         out.append(f"labels.window: {lab.window} > {ALPHA_MAX} alphabetic identifiers; set prompt.identifiers=numeric")
     if isinstance(cfg.source, TrecSource) and cfg.source.qrels is None and t.kind == "none":
         out.append("teacher.kind: a TREC run without source.qrels has no labels; add qrels or a teacher")
+    if lab.teacher_scores and t.kind in ("none", "openai"):
+        what = "no teacher has no scores" if t.kind == "none" else (
+            "the openai teacher's first-token log-probs are not collected yet (only its text answer)")
+        out.append(f"labels.teacher_scores: {what}; use teacher.kind=scores (a run/qrels file) or hf, or set "
+                   "labels.teacher_scores=false")
     if isinstance(t, OpenAITeacherCfg) and cfg.prompt.max_passage_tokens and not cfg.prompt.tokenizer:
         out.append("prompt.tokenizer: needed to truncate by prompt.max_passage_tokens with the openai teacher "
                    "(or use prompt.max_passage_words)")

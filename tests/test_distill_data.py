@@ -188,3 +188,32 @@ def test_scores_teacher_job_writes_each_candidates_score(tmp_path, monkeypatch):
 
     exs = load_examples(tmp_path / "out" / "data.parquet")[0]
     assert [e.teacher_scores is not None for e in exs] == [True, True, True, False]
+
+
+def test_shipped_distillation_recipe_validates_on_what_its_data_job_writes(tmp_path, monkeypatch, capsys):
+    """recipes/first-mistral-7b-distill.yaml + data_prep/distill-scores.yaml: the job (run here on the shipped
+    fullrank lists with synthetic texts and a generated cross-encoder run) writes rows that `lrt validate`
+    accepts for the recipe's distillation terms."""
+    from lrt.prep.job import load_job, main as prep_main
+
+    monkeypatch.chdir(REPO)
+    job, recipe = REPO / "data_prep" / "distill-scores.yaml", REPO / "recipes" / "first-mistral-7b-distill.yaml"
+    assert cli_main(["validate", str(recipe), "--no-file-check"]) == 0
+    from lrt.config import load_recipe
+
+    r = load_recipe(recipe, check_files=False)
+    assert {t.name for t in r.loss} >= {"kl_distill", "margin_mse"}
+    cfg = load_job(job)
+    assert cfg.teacher.kind == "scores" and cfg.labels.teacher_scores
+    assert str(Path(r.data.train).parent) == cfg.output.dir
+    rows = [json.loads(x) for _, x in zip(range(3), LABELS.open())]
+    run = tmp_path / "ce.run"
+    run.write_text("".join(f"{row['qid']} Q0 {d} {i + 1} {-0.5 * i + 0.01 * (i % 3)} ce\n"
+                           for row in rows for i, d in enumerate(row["initial_list"][:20])))
+    out = tmp_path / "out"
+    assert prep_main([str(job), "source.corpus=null", "source.queries=null", "source.synthetic_text=true",
+                      "source.limit=3", f"teacher.path={run}", f"output.dir={out}"]) == 0
+    capsys.readouterr()
+    assert cli_main(["validate", str(recipe), f"data.train={out / 'data.parquet'}", "data.eval=null",
+                     "eval.every=null", "eval.select_best=false"]) == 0
+    assert "data.train: 3 valid rows" in capsys.readouterr().out

@@ -123,7 +123,8 @@ def make_teacher(cfg: JobCfg) -> Teacher | None:
     from lrt.prep.hf_teacher import HFTeacher
     return HFTeacher(model=t.model, template=template, tokenizer=t.tokenizer, batch_size=t.batch_size,
                      max_new_tokens=t.max_new_tokens, dtype=t.dtype, device=t.device,
-                     max_passage_tokens=p.max_passage_tokens, trust_remote_code=t.trust_remote_code)
+                     max_passage_tokens=p.max_passage_tokens, trust_remote_code=t.trust_remote_code,
+                     first_token_scores=cfg.labels.teacher_scores)
 
 
 def _cut(ex: ListwiseExample, n: int | None) -> ListwiseExample:

@@ -45,7 +45,9 @@ class LossSpy:
         @functools.wraps(fn)  # keeps the signature: the registry reads the params from it
         def spy(scores, ranks, teacher, **kw):
             out = fn(scores, ranks, teacher, **kw)
-            self.calls.append({"name": fn.__name__, "scores": scores.dtype, "teacher": teacher.dtype,
+            lists = [sorted(float(x) for x, r in zip(t_row, r_row) if r > 0)
+                     for t_row, r_row in zip(teacher, ranks)]
+            self.calls.append({"name": fn.__name__, "scores": scores.dtype, "teacher": teacher.dtype, "lists": lists,
                                "out": out.dtype, "grad": scores.requires_grad,
                                "autocast": torch.is_autocast_enabled("cpu"), "value": float(out.detach())})
             return out
@@ -73,6 +75,12 @@ def test_lrt_train_with_the_term_runs_in_train_mode_with_fp32_scores(term, monke
     mine = [c for c in spy.calls if c["name"] == term["name"]]
     assert len(mine) == 4 * 2  # 4 steps x 2 micro-batches, nothing else calls it
     assert all(c["scores"] == c["out"] == torch.float32 and c["grad"] and not c["autocast"] for c in mine)
+    # what the loss got as teacher scores are the training rows' teacher_scores (not relevance, not padding)
+    from lrt.data.schema import load_examples
+
+    data = [sorted(e.teacher_scores) for e in load_examples(distill_data / "train.jsonl")[0]]
+    assert all(any(len(d) == len(lst) and all(abs(a - b) < 1e-5 for a, b in zip(d, lst)) for d in data)
+               for c in mine for lst in c["lists"])
     recs = [r for r in _metrics(tmp_path / term["name"]) if "loss" in r]
     key = f"loss/{term['name']}"
     assert [r["step"] for r in recs] == [1, 2, 3, 4]

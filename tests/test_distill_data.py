@@ -217,3 +217,28 @@ def test_shipped_distillation_recipe_validates_on_what_its_data_job_writes(tmp_p
     assert cli_main(["validate", str(recipe), f"data.train={out / 'data.parquet'}", "data.eval=null",
                      "eval.every=null", "eval.select_best=false"]) == 0
     assert "data.train: 3 valid rows" in capsys.readouterr().out
+
+
+def test_relabelling_drops_another_teachers_scores_and_counts_them(tmp_path):
+    """A canonical source relabelled by a new teacher without labels.teacher_scores: the old scores belong
+    to the old teacher, so they are not written beside the new ranking (counted in the card)."""
+    from lrt.prep.job import main as prep_main
+
+    exs = _examples(3)
+    write_examples(exs, tmp_path / "rows.jsonl")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("".join(f"{e.qid} 0 {c.docid} {i % 3}\n" for e in exs for i, c in enumerate(e.candidates)))
+    job = tmp_path / "job.yaml"
+    base = {"name": "relabel", "source": {"kind": "canonical", "path": str(tmp_path / "rows.jsonl")},
+            "teacher": {"kind": "scores", "format": "qrels", "path": str(qrels)},
+            "labels": {"window": 5, "stride": 2}, "output": {"dir": str(tmp_path / "out")}}
+    job.write_text(yaml.safe_dump(base))
+    assert prep_main([str(job)]) == 0
+    rows = pq.read_table(tmp_path / "out" / "data.parquet").to_pylist()
+    assert all(r["teacher_scores"] is None for r in rows)
+    assert json.loads((tmp_path / "out" / "card.json").read_text())["counts"]["stale_teacher_scores_dropped"] == 3
+    job.write_text(yaml.safe_dump({**base, "labels": {"window": 5, "stride": 2, "teacher_scores": True},
+                                   "output": {"dir": str(tmp_path / "out2")}}))
+    assert prep_main([str(job)]) == 0
+    rows = pq.read_table(tmp_path / "out2" / "data.parquet").to_pylist()
+    assert [r["teacher_scores"] for r in rows] == [[float(i % 3) for i in range(5)]] * 3

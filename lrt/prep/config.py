@@ -179,7 +179,8 @@ def cross_checks(cfg: JobCfg) -> list[str]:
     if isinstance(cfg.source, TrecSource) and cfg.source.qrels is None and t.kind == "none":
         out.append("teacher.kind: a TREC run without source.qrels has no labels; add qrels or a teacher")
     if lab.teacher_scores and t.kind in ("none", "openai"):
-        what = "no teacher has no scores" if t.kind == "none" else (
+        what = "teacher.kind=none computes no scores (a canonical source's teacher_scores are kept as they are)" \
+            if t.kind == "none" else (
             "the openai teacher's first-token log-probs are not collected yet (only its text answer)")
         out.append(f"labels.teacher_scores: {what}; use teacher.kind=scores (a run/qrels file) or hf, or set "
                    "labels.teacher_scores=false")

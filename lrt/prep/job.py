@@ -218,6 +218,11 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
         examples = [replace(e, ranking=res.rankings[e.qid]) for e in examples if e.qid in res.rankings]
         if lab.teacher_scores:
             examples = attach_teacher_scores(examples, teacher, res.scores, counts)
+        elif any(e.teacher_scores is not None for e in examples):  # a relabelled source's old scores
+            counts["stale_teacher_scores_dropped"] += sum(e.teacher_scores is not None for e in examples)
+            log.warning("%s: the source's teacher_scores belong to another teacher than this ranking: dropped "
+                        "(set labels.teacher_scores=true to store this teacher's)", name)
+            examples = [replace(e, teacher_scores=None) for e in examples]
     counts.update(input_rows=imp.report.total, skipped_rows=imp.report.skipped, rows_written=len(examples))
     output.write_examples(out / "shards" / f"{name}.parquet", examples)
     if cfg.output.call_log:

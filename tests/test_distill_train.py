@@ -119,3 +119,38 @@ def test_sigkill_during_save_then_resume_is_bitwise_with_distillation_terms(tiny
     wa = safetensors_weights(ref / "final/model.safetensors")
     wb = safetensors_weights(b / "final/model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_pointwise_groups_distill_on_the_sampled_candidates_scores(monkeypatch, distill_data, tmp_path):
+    """scoring.mode=pointwise: the terms get the yes-no scores of the sampled group (top-1 + 3 negatives)
+    and exactly those candidates' teacher scores."""
+    import lrt.losses.registry as reg
+    from lrt.data.schema import load_examples
+    from test_pointwise import save_pointwise_model
+
+    spy = LossSpy()
+    for name, fn in list(reg.TEACHER_SCORE_LOSSES.items()):
+        monkeypatch.setitem(reg.TEACHER_SCORE_LOSSES, name, spy.wrap(fn))
+    recipe = tmp_path / "pw.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name_or_path": save_pointwise_model(tmp_path / "pw-model")},
+        "data": {"train": str(distill_data / "train.jsonl"), "max_length": 256, "padding_side": "left"},
+        "prompt": {"preset": "qwen3_reranker", "max_passage_tokens": 24},
+        "scoring": {"mode": "pointwise", "negatives": 3},
+        "loss": [{"name": "kl_distill", "params": {"temperature": 1.0}}, {"name": "margin_mse", "weight": 0.5}],
+        "train": {"max_steps": 3, "per_device_batch_size": 2, "grad_accum": 1, "lr": 1e-3, "log_every": 1,
+                  "save_final": False},
+        "eval": {"at_start": False, "at_end": False},
+        "log": {"progress": False},
+        "output_dir": str(tmp_path / "pw-run"),
+    }))
+    assert cli_main(["train", str(recipe)]) == 0
+    recs = [r for r in _metrics(tmp_path / "pw-run") if "loss" in r]
+    assert [r["step"] for r in recs] == [1, 2, 3] and all(r["loss/kl_distill"] > 0 and r["loss/margin_mse"] > 0
+                                                         for r in recs)
+    data = [e.teacher_scores for e in load_examples(distill_data / "train.jsonl")[0]]
+    assert len(spy.calls) == 2 * 3 and all(c["scores"] == torch.float32 and c["grad"] for c in spy.calls)
+    for c in spy.calls:
+        for lst in c["lists"]:  # 4 of the list's 5 scores, the teacher's best among them
+            assert len(lst) == 4 and any(all(any(abs(x - y) < 1e-5 for y in d) for x in lst) and
+                                         abs(lst[-1] - max(d)) < 1e-5 for d in data)

@@ -73,12 +73,15 @@ def _check_data(r) -> str:  # noqa: ANN001 - a Recipe
     from lrt.data.prompts import max_candidates
     from lrt.data.schema import validate_source
 
+    from lrt.losses.registry import TEACHER_SCORE_LOSSES
+
     limit = None if r.data.window else max_candidates(r.identifier_scheme())
+    distill = [t.name for t in r.loss if t.name in TEACHER_SCORE_LOSSES]  # need the train lists' teacher_scores
     out = []
     for key, src in (("data.train", r.data.train), ("eval data", r.eval.data or r.data.eval)):
         if src and Path(resolve_path(src)).exists():  # hub ids are left to `datasets` at training time
             n, rep = validate_source(resolve_path(src), on_invalid=r.data.on_invalid, max_candidates=limit,
-                                     split=r.data.split)
+                                     split=r.data.split, need_teacher_scores=distill if key == "data.train" else ())
             out.append(f"{key}: {n} valid rows" + (f", {rep.skipped} skipped" if rep.skipped else ""))
     return f"; {'; '.join(out)}" if out else ""
 

@@ -126,6 +126,7 @@ def example_schema() -> Any:
         ("candidates", pa.list_(pa.struct([("docid", s), ("text", s), ("title", s)]))),
         ("ranking", pa.list_(s)),
         ("relevance", pa.list_(pa.float64())),
+        ("teacher_scores", pa.list_(pa.float64())),  # per candidate; score distillation trains on it
         ("n_candidates", pa.int32()),
         ("extra", s),  # JSON of any other field of the row (e.g. the query's full `qrels`)
     ])
@@ -239,8 +240,14 @@ class LazyExamples(Sequence[ListwiseExample]):
     def n_candidates(self) -> np.ndarray:
         return self.ds.column("n_candidates")[self.index]
 
+    def without_teacher_scores(self) -> list[str]:
+        """qids of the lists that have no `teacher_scores` (read from the column, not the rows)."""
+        col = self.ds.table.column("teacher_scores").is_null().to_numpy(zero_copy_only=False)[self.index]
+        qids = self.ds.table.column("qid")
+        return [qids[int(i)].as_py() for i in self.index[col]]
 
-_COLUMNS = ("qid", "query", "candidates", "ranking", "relevance")
+
+_COLUMNS = ("qid", "query", "candidates", "ranking", "relevance", "teacher_scores")
 
 
 def _store_row(ex: ListwiseExample) -> dict[str, Any]:
@@ -258,8 +265,9 @@ def _example(row: dict[str, Any]) -> ListwiseExample:
     """Back through the loader's own constructor, so a field the schema gains is never dropped."""
     r: dict[str, Any] = {"qid": row["qid"], "query": row["query"], "ranking": row["ranking"],
                          "candidates": [{k: v for k, v in c.items() if v is not None} for c in row["candidates"]]}
-    if row["relevance"] is not None:
-        r["relevance"] = row["relevance"]
+    for k in ("relevance", "teacher_scores"):
+        if row.get(k) is not None:
+            r[k] = row[k]
     if row.get("extra"):
         r.update(json.loads(row["extra"]))
     return example_from_row(r)

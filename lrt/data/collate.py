@@ -43,6 +43,7 @@ class Encoded:
     ranks: list[int]  # teacher rank (1 = best) of each candidate, display order
     relevance: list[float] | None
     truncated: bool = False  # passages were cut below prompt.max_passage_tokens to fit data.max_length
+    teacher_scores: list[float] | None = None  # the teacher's score of each candidate, display order
 
     def to_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -161,8 +162,10 @@ def encode_example(
         ids, token_ranks = ids[:answer_index], []
         target_start = len(ids)
     rel = ex.relevance[: len(cands)] if ex.relevance is not None else None
+    # the same display-order cut as `cands`: scores stay aligned with ranks and identifier ids
+    teacher = ex.teacher_scores[: len(cands)] if ex.teacher_scores is not None else None
     return Encoded(ids, answer_index, target_start, token_ranks, cand_ids, ranks, rel,
-                   truncated=budget < template.max_passage_tokens)
+                   truncated=budget < template.max_passage_tokens, teacher_scores=teacher)
 
 
 def identifier_token_ids(tokenizer: Any, template: PromptTemplate, n: int) -> list[int]:
@@ -219,6 +222,8 @@ class ListwiseCollator:
         ranks = torch.zeros((B, N), dtype=torch.long)
         relevance = torch.full((B, N), -1.0)
         has_rel = all(r.get("relevance") is not None for r in rows)
+        teacher = torch.zeros((B, N))
+        has_teacher = all(r.get("teacher_scores") is not None for r in rows)
         lm_pos, lm_tgt, lm_rank = [], [], []
         for b, r in enumerate(rows):
             L = len(r["input_ids"])
@@ -233,6 +238,8 @@ class ListwiseCollator:
                 cand_ids[b, :n] = torch.tensor(r["cand_token_ids"])
             if has_rel:
                 relevance[b, :n] = torch.tensor(r["relevance"], dtype=torch.float)
+            if has_teacher:
+                teacher[b, :n] = torch.tensor(r["teacher_scores"], dtype=torch.float)
             ts = r["target_start"]
             if L > ts:
                 # position p predicts token p+1: target tokens ts..L-1 are predicted from ts-1..L-2
@@ -253,4 +260,6 @@ class ListwiseCollator:
         }
         if has_rel:
             batch["relevance"] = relevance
+        if has_teacher:
+            batch["teacher_scores"] = teacher  # [B, N], display order like `ranks`; padding 0
         return batch

@@ -127,7 +127,8 @@ def encode_group(tokenizer: Any, t: PointwiseTemplate, ex: ListwiseExample, max_
     enc = [encode_pair_cut(tokenizer, t, ex.query, passage_text(c.text, c.title), max_length) for c in cands]
     pairs = [ids for ids, _ in enc]
     rel = list(ex.relevance[: len(cands)]) if ex.relevance is not None else None
-    return {"pairs": pairs, "ranks": ranks, "relevance": rel, "index": index,
+    teacher = list(ex.teacher_scores[: len(cands)]) if ex.teacher_scores is not None else None
+    return {"pairs": pairs, "ranks": ranks, "relevance": rel, "teacher_scores": teacher, "index": index,
             "length": sum(len(p) for p in pairs), "truncated": any(cut for _, cut in enc)}
 
 
@@ -173,6 +174,8 @@ class PointwiseCollator:
         ranks = torch.zeros((B, N), dtype=torch.long)
         relevance = torch.full((B, N), -1.0)
         has_rel = all(r.get("relevance") is not None for r in items)
+        teacher = torch.zeros((B, N))
+        has_teacher = all(r.get("teacher_scores") is not None for r in items)
         k = 0
         for b, (r, p) in enumerate(zip(items, picks)):
             sub = [r["ranks"][i] for i in p]
@@ -181,10 +184,14 @@ class PointwiseCollator:
             pair_index[b, : len(p)] = torch.arange(k, k + len(p))
             if has_rel:
                 relevance[b, : len(p)] = torch.tensor([float(r["relevance"][i]) for i in p])
+            if has_teacher:  # follows the sampled candidates, like relevance
+                teacher[b, : len(p)] = torch.tensor([float(r["teacher_scores"][i]) for i in p])
             k += len(p)
         batch.update(pair_index=pair_index, ranks=ranks)
         if has_rel:
             batch["relevance"] = relevance
+        if has_teacher:
+            batch["teacher_scores"] = teacher
         return batch
 
 

@@ -41,6 +41,10 @@ class ListwiseExample:
     # every judged document of the query (TREC qrels, incl. ones not among the candidates):
     # in-training evaluation then gives trec_eval's nDCG, not one rebuilt from the candidates
     qrels: dict[str, int] | None = None
+    # the teacher's score of each candidate (aligned with `candidates`; higher = better): a
+    # cross-encoder's logit, an LLM teacher's first-token identifier log-prob. Score distillation
+    # (margin_mse, kl_distill) trains on it; ranking losses use `ranking` only.
+    teacher_scores: list[float] | None = None
 
     def ranks(self) -> list[int]:
         """1-based teacher rank of each candidate, in display order (integer labels, never logits)."""
@@ -61,6 +65,8 @@ class ListwiseExample:
             row["relevance"] = list(self.relevance)
         if self.qrels is not None:
             row["qrels"] = dict(self.qrels)
+        if self.teacher_scores is not None:
+            row["teacher_scores"] = list(self.teacher_scores)
         return row
 
 
@@ -121,9 +127,10 @@ def example_from_row(row: Any, max_candidates: int | None = None) -> ListwiseExa
     if not isinstance(row, dict):
         raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
     problems: list[str] = []
-    unknown = set(row) - {"qid", "query", "candidates", "ranking", "relevance", "qrels"}
+    unknown = set(row) - {"qid", "query", "candidates", "ranking", "relevance", "qrels", "teacher_scores"}
     if unknown:
-        problems.append(f"unknown field(s) {sorted(unknown)}; allowed: qid, query, candidates, ranking, relevance, qrels")
+        problems.append(f"unknown field(s) {sorted(unknown)}; allowed: qid, query, candidates, ranking, relevance, "
+                        "qrels, teacher_scores")
     qid = _str_field(row, "qid", problems)
     query = _str_field(row, "query", problems)
     cands_raw = row.get("candidates")
@@ -178,23 +185,30 @@ def example_from_row(row: Any, max_candidates: int | None = None) -> ListwiseExa
                 "`ranking` is not a permutation of the candidates "
                 f"(missing {missing}, unknown {extra}, repeated {repeated})"
             )
-    rel = row.get("relevance")
-    if rel is not None:
-        if not isinstance(rel, list) or len(rel) != len(cands_raw or []) or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in rel
-        ):
-            problems.append("`relevance` must be a list of numbers aligned with `candidates`")
-            rel = None
-        elif not all(math.isfinite(x) for x in rel):
-            bad = [i for i, x in enumerate(rel) if not math.isfinite(x)][:5]
-            problems.append(f"`relevance` must be finite numbers (NaN/Infinity at position(s) {bad})")
-            rel = None
-        else:
-            rel = [float(x) for x in rel]
+    rel = _aligned_numbers(row, "relevance", len(cands_raw or []), problems)
+    teacher = _aligned_numbers(row, "teacher_scores", len(cands_raw or []), problems)
     qrels = _qrels_field(row.get("qrels"), problems)
     if problems:
         raise ValueError("; ".join(problems))
-    return ListwiseExample(qid, query, cands, ranking, rel, qrels)
+    return ListwiseExample(qid, query, cands, ranking, rel, qrels, teacher)
+
+
+def _aligned_numbers(row: dict, key: str, n: int, problems: list[str]) -> list[float] | None:
+    """An optional per-candidate list of finite numbers (`relevance`, `teacher_scores`)."""
+    vals = row.get(key)
+    if vals is None:
+        return None
+    if not isinstance(vals, list) or len(vals) != n or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals
+    ):
+        got = f"{len(vals)} values for {n} candidates" if isinstance(vals, list) else type(vals).__name__
+        problems.append(f"`{key}` must be a list of numbers aligned with `candidates` (got {got})")
+        return None
+    if not all(math.isfinite(x) for x in vals):
+        bad = [i for i, x in enumerate(vals) if not math.isfinite(x)][:5]
+        problems.append(f"`{key}` must be finite numbers (NaN/Infinity at position(s) {bad})")
+        return None
+    return [float(x) for x in vals]
 
 
 def _qrels_field(raw: Any, problems: list[str]) -> dict[str, int] | None:
@@ -317,6 +331,16 @@ def _iter_source(source: str, split: str) -> Iterator[tuple[str, Any]]:
         yield f"{source}[{split}]:row {i}", row
 
 
+def missing_teacher_scores(where: str, losses: Iterable[str]) -> DataError:
+    """The one error for distillation terms on data without per-candidate teacher scores."""
+    names = ", ".join(sorted(losses))
+    return DataError(
+        f"{where}: no `teacher_scores`, but loss term(s) {names} train on the teacher's score of each candidate: "
+        "prepare the data with a scores teacher (lrt prep with teacher.kind=scores, e.g. data_prep/distill-scores.yaml) "
+        "or a hf/openai teacher with labels.teacher_scores=true, or remove the term(s) from the recipe's loss"
+    )
+
+
 def iter_examples(
     source: str | os.PathLike,
     report: SkipReport,
@@ -325,12 +349,16 @@ def iter_examples(
     max_candidates: int | None = None,
     split: str = "train",
     unique_qids: bool = True,
+    need_teacher_scores: Iterable[str] = (),
 ) -> Iterator[ListwiseExample]:
     """Stream validated rows; raise on the first bad row or skip-and-count it in `report`.
 
     Only the qids seen so far are kept (to reject repeats with both locations), so a whole file can
-    be checked without loading it.
+    be checked without loading it. `need_teacher_scores` (the loss terms that need them): a row
+    without `teacher_scores` is an error whatever `on_invalid` says (the data was not made for
+    distillation; skipping would silently train on a subset).
     """
+    need = tuple(need_teacher_scores)
     seen: dict[str, str] = {}
     for where, row in _iter_source(str(source), split):
         report.total += 1
@@ -348,6 +376,8 @@ def iter_examples(
                 raise DataError(f"{where}: {e} (fix the row, or set data.on_invalid=skip to count and skip it)") from None
             report.add(where, str(e))
             continue
+        if need and ex.teacher_scores is None:
+            raise missing_teacher_scores(where, need)
         yield ex
 
 
@@ -358,11 +388,13 @@ def load_examples(
     max_candidates: int | None = None,
     split: str = "train",
     limit: int | None = None,
+    need_teacher_scores: Iterable[str] = (),
 ) -> tuple[list[ListwiseExample], SkipReport]:
     """Load and validate canonical rows; raise on the first bad row or skip-and-count them."""
     report = SkipReport()
     out: list[ListwiseExample] = []
-    for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split):
+    for ex in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates, split=split,
+                            need_teacher_scores=need_teacher_scores):
         out.append(ex)
         if limit is not None and len(out) >= limit:
             break
@@ -383,11 +415,12 @@ def validate_source(
     on_invalid: OnInvalid = "error",
     max_candidates: int | None = None,
     split: str = "train",
+    need_teacher_scores: Iterable[str] = (),
 ) -> tuple[int, SkipReport]:
     """Check every row of a source, streaming (nothing kept but qids): (valid rows, skip report)."""
     report = SkipReport()
     n = sum(1 for _ in iter_examples(source, report, on_invalid=on_invalid, max_candidates=max_candidates,
-                                     split=split))
+                                     split=split, need_teacher_scores=need_teacher_scores))
     if n == 0:
         _no_rows(source, report)
     return n, report
@@ -401,6 +434,7 @@ def write_examples(examples: Iterable[ListwiseExample], path: str | os.PathLike)
     if path.suffix == ".parquet":  # Arrow needs one schema: give every row every optional field
         for r in rows:
             r.setdefault("relevance", None)
+            r.setdefault("teacher_scores", None)
             q = r.get("qrels")  # a struct per docid would not share one schema: store pairs
             r["qrels"] = None if q is None else [{"docid": d, "relevance": g} for d, g in q.items()]
             for c in r["candidates"]:

@@ -31,6 +31,7 @@ PARAM_CHOICES: dict[str, tuple[Any, ...]] = {
     "scheme": ("lambdarank", "ndcg_loss1", "ndcg_loss2", "ndcg_loss2pp"),
     "alpha": (None, "inv_log2", "one_plus_inv_log2"),
     "target": ("ranks", "relevance"),
+    "margins": ("positive", "all_pairs"),  # margin_mse (lrt.losses.distill)
 }
 _POSITIVE = ("sigma", "temperature")  # must be finite and > 0
 _NON_NEGATIVE = ("mu",)

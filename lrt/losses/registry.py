@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lrt.losses._common import PARAM_CHOICES, check_param
+from lrt.losses.distill import kl_distill, margin_mse
 from lrt.losses.pointwise import bce
 from lrt.losses.ranking import approxndcg, lambdaloss, lipo_lambda, listmle, listnet, ranknet, softmax_ce
 
@@ -32,6 +33,11 @@ RANKING_LOSSES: dict[str, RankingLoss] = {
     "bce": bce,  # pointwise: BCE against graded relevance (or the teacher's top-k)
 }
 
+# Score distillation (lrt.losses.distill): same call, but the third tensor is the teacher's
+# per-candidate scores (`batch["teacher_scores"]`), not relevance; kept apart from RANKING_LOSSES
+# so code that calls every ranking loss as fn(scores, ranks[, relevance]) stays correct.
+TEACHER_SCORE_LOSSES: dict[str, RankingLoss] = {"margin_mse": margin_mse, "kl_distill": kl_distill}
+
 
 def _did_you_mean(word: str, options: list[str]) -> str:
     close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.5)
@@ -46,10 +52,11 @@ def loss_params(name: str) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> RankingLoss:
-    if name not in RANKING_LOSSES:
-        options = sorted(RANKING_LOSSES)
+    known = {**RANKING_LOSSES, **TEACHER_SCORE_LOSSES}
+    if name not in known:
+        options = sorted(known)
         raise ValueError(f"unknown ranking loss {name!r}; available: {options}.{_did_you_mean(name, options)}")
-    return RANKING_LOSSES[name]
+    return known[name]
 
 
 # The `lm` term is not a ranking loss (it reads hidden states, see lrt.train.objective) but its
@@ -87,12 +94,12 @@ def param_problems(name: str, params: dict[str, Any], in_recipe: bool = True) ->
     """
     if name == "lm":
         allowed: list[str] = sorted(LM_PARAMS)
-    elif name in RANKING_LOSSES:
+    elif name in RANKING_LOSSES or name in TEACHER_SCORE_LOSSES:
         allowed = sorted(loss_params(name))
         if name == "lipo_lambda":
             allowed = sorted([*allowed, "beta"])
     else:
-        options = sorted([*RANKING_LOSSES, "lm"])
+        options = sorted([*RANKING_LOSSES, *TEACHER_SCORE_LOSSES, "lm"])
         close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return {"": f"unknown loss {name!r}{hint}; choose from {options}"}

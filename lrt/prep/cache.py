@@ -48,6 +48,17 @@ class CallCache:
             out.update(self.db.execute(f"SELECT key, raw FROM answers WHERE key IN ({marks})", chunk).fetchall())
         return out
 
+    def get_meta(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored meta of each known key (e.g. a teacher's first-token `scores`)."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT key, meta FROM answers WHERE key IN ({marks})", chunk).fetchall()
+            out.update({k: json.loads(m) if m else {} for k, m in rows})
+        return out
+
     def put(self, key: str, raw: str, req: WindowRequest | None = None, meta: dict[str, Any] | None = None,
             commit: bool = True) -> None:
         """Insert and, by default, commit now: the answer survives a kill one instant later.
@@ -109,12 +120,15 @@ class CachedTeacher:
     def rank_windows(self, requests: Sequence[WindowRequest], on_response: OnResponse | None = None) -> list[WindowResponse]:
         keys = [self.inner.cache_key(r) for r in requests]
         known = self.cache.get_many(keys)
+        metas = self.cache.get_meta(known) if getattr(self.inner, "first_token_scores", False) else {}
         out: list[WindowResponse | None] = [None] * len(requests)
         todo: dict[str, int] = {}  # key -> index into `fresh`
         fresh: list[WindowRequest] = []
         for i, (req, key) in enumerate(zip(requests, keys)):
             if key in known:
-                out[i] = response_from_raw(known[key], len(req.docids), self.inner.scheme)
+                scores = metas.get(key, {}).get("scores")  # replayed with the answer they came with
+                out[i] = response_from_raw(known[key], len(req.docids), self.inner.scheme,
+                                           **({"scores": scores} if scores is not None else {}))
                 out[i].cached = True
                 self.hits += 1
                 if on_response is not None:

@@ -101,6 +101,9 @@ class LabelsCfg(_Strict):
     # the job fails (exit 2, counts in the message) when more than this fraction of the answered windows
     # were refused (no identifier at all) or needed repair: such labels would be the first-stage order
     max_invalid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # store the teacher's score of each candidate with its list (`teacher_scores`, for margin_mse /
+    # kl_distill): a scores teacher's scores; a hf teacher's first-token identifier log-probs
+    teacher_scores: bool = False
 
 
 class PromptCfg(_Strict):
@@ -178,6 +181,12 @@ def cross_checks(cfg: JobCfg) -> list[str]:
         out.append(f"labels.window: {lab.window} > {ALPHA_MAX} alphabetic identifiers; set prompt.identifiers=numeric")
     if isinstance(cfg.source, TrecSource) and cfg.source.qrels is None and t.kind == "none":
         out.append("teacher.kind: a TREC run without source.qrels has no labels; add qrels or a teacher")
+    if lab.teacher_scores and t.kind in ("none", "openai"):
+        what = "teacher.kind=none computes no scores (a canonical source's teacher_scores are kept as they are)" \
+            if t.kind == "none" else (
+            "the openai teacher's first-token log-probs are not collected yet (only its text answer)")
+        out.append(f"labels.teacher_scores: {what}; use teacher.kind=scores (a run/qrels file) or hf, or set "
+                   "labels.teacher_scores=false")
     if isinstance(t, OpenAITeacherCfg) and cfg.prompt.max_passage_tokens and not cfg.prompt.tokenizer:
         out.append("prompt.tokenizer: needed to truncate by prompt.max_passage_tokens with the openai teacher "
                    "(or use prompt.max_passage_words)")

@@ -21,7 +21,8 @@ class HFTeacher:
 
     def __init__(self, *, model: str, template: PromptTemplate, tokenizer: str | None = None, batch_size: int = 8,
                  max_new_tokens: int | None = None, dtype: str = "auto", device: str = "cpu",
-                 max_passage_tokens: int | None = None, trust_remote_code: bool = False) -> None:
+                 max_passage_tokens: int | None = None, trust_remote_code: bool = False,
+                 first_token_scores: bool = False) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,6 +54,8 @@ class HFTeacher:
         self._budget: dict[int, int] = {}
         self._memo: dict[WindowRequest, str] = {}
         self._calls = 0
+        self.first_token_scores = first_token_scores  # labels.teacher_scores: keep identifier log-probs
+        self._id_ids: dict[int, list[int]] = {}
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.name, "decoding": "greedy", "identifiers": self.scheme,
@@ -76,8 +79,9 @@ class HFTeacher:
 
     def cache_key(self, req: WindowRequest) -> str:
         prompt = self.prompt(req)  # BOS is added as a token, not text: it is part of the key too
-        return stable_hash([self.kind, self.name, prompt, self.new_tokens(len(req.docids)),
-                            needs_bos(self.tok, self.template, prompt)])
+        key = [self.kind, self.name, prompt, self.new_tokens(len(req.docids)), needs_bos(self.tok, self.template, prompt)]
+        # with scores the cached answer must carry them: a different key (jobs without keep their old keys)
+        return stable_hash(key + ["first_token_scores"] if self.first_token_scores else key)
 
     def stats(self) -> dict[str, int]:
         return {"teacher_calls": self._calls}
@@ -104,12 +108,36 @@ class HFTeacher:
                 gen = self.model.generate(**enc, do_sample=False, max_new_tokens=budget,
                                           pad_token_id=self.tok.pad_token_id)
             new = gen[:, enc["input_ids"].shape[1]:].tolist()
-            for i, ids in zip(idx, new):
+            scores = self._first_token_scores([prompts[i] for i in idx], [len(requests[i].docids) for i in idx]) \
+                if self.first_token_scores else [None] * len(idx)
+            for i, ids, sc in zip(idx, new, scores):
                 n = len(requests[i].docids)  # cut to this row's own budget: same answer in any batch
-                out[i] = response_from_raw(self._decode(ids[: self.new_tokens(n)]), n, self.scheme)
+                meta = {"scores": sc} if sc is not None else {}
+                out[i] = response_from_raw(self._decode(ids[: self.new_tokens(n)]), n, self.scheme, **meta)
                 self._calls += 1
                 if on_response is not None:
                     on_response(i, out[i])
         self._memo.clear()
         return out  # type: ignore[return-value]
+
+    def _first_token_scores(self, prompts: list[str], sizes: list[int]) -> list[list[float]]:
+        """log p(identifier_i | prompt + "[") over the full vocabulary, for each window member i: what
+        lrt's first-token reranker scores (`lrt.scoring.identifier_scores`, here normalised), read at the
+        "[" that opens the answer. One forward per batch, left-padded with explicit positions."""
+        from lrt.data.collate import identifier_token_ids
+
+        torch = self.torch
+        enc = encode_prompts_padded(self.tok, self.template, [p + "[" for p in prompts])
+        mask = enc["attention_mask"]
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        with torch.inference_mode():
+            logits = self.model(input_ids=enc["input_ids"].to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=pos.to(self.device), logits_to_keep=1).logits[:, -1].float()
+        logp = torch.log_softmax(logits, dim=-1).cpu()
+        out = []
+        for row, n in zip(logp, sizes):
+            if n not in self._id_ids:  # single-token identifiers in context, or a clear IdentifierError
+                self._id_ids[n] = identifier_token_ids(self.tok, self.template, n)
+            out.append([float(row[t]) for t in self._id_ids[n]])
+        return out
 

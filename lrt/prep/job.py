@@ -41,7 +41,11 @@ def fingerprint(cfg: JobCfg) -> str:
         if isinstance(d, dict):
             return {k: strip(v) for k, v in d.items() if k not in OPERATIONAL}
         return d
-    return stable_hash(strip(cfg.model_dump(exclude={"name", "description", "output", "cache"})))[:16]
+    # labels.teacher_scores only when on: jobs written before it keep their fingerprint
+    exclude: dict[str, Any] = {"name": True, "description": True, "output": True, "cache": True}
+    if not cfg.labels.teacher_scores:
+        exclude["labels"] = {"teacher_scores"}
+    return stable_hash(strip(cfg.model_dump(exclude=exclude)))[:16]
 
 
 def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0) -> Imported:
@@ -119,7 +123,8 @@ def make_teacher(cfg: JobCfg) -> Teacher | None:
     from lrt.prep.hf_teacher import HFTeacher
     return HFTeacher(model=t.model, template=template, tokenizer=t.tokenizer, batch_size=t.batch_size,
                      max_new_tokens=t.max_new_tokens, dtype=t.dtype, device=t.device,
-                     max_passage_tokens=p.max_passage_tokens, trust_remote_code=t.trust_remote_code)
+                     max_passage_tokens=p.max_passage_tokens, trust_remote_code=t.trust_remote_code,
+                     first_token_scores=cfg.labels.teacher_scores)
 
 
 def check_invalid(counts: Counter, limit: float, name: str) -> None:
@@ -142,7 +147,27 @@ def _cut(ex: ListwiseExample, n: int | None) -> ListwiseExample:
         return ex
     keep = {c.docid for c in ex.candidates[:n]}
     return replace(ex, candidates=ex.candidates[:n], ranking=[d for d in ex.ranking if d in keep],
-                   relevance=ex.relevance[:n] if ex.relevance is not None else None)
+                   relevance=ex.relevance[:n] if ex.relevance is not None else None,
+                   teacher_scores=ex.teacher_scores[:n] if ex.teacher_scores is not None else None)
+
+
+def attach_teacher_scores(examples: list[ListwiseExample], teacher: Any, window_scores: dict[str, list[float]],
+                          counts: Counter) -> list[ListwiseExample]:
+    """Store the teacher's per-candidate scores with each list (`labels.teacher_scores`).
+
+    A scores teacher has one score per (qid, docid), comparable across the whole list. An LLM
+    teacher's first-token log-probs are comparable only inside one prompt, so a list gets them only
+    when it was ranked in one window (n <= labels.window); other lists keep `teacher_scores` null and
+    are counted (`lists_without_teacher_scores`), never given scores from different windows.
+    """
+    inner = getattr(teacher, "inner", teacher)  # through the call cache
+    out = []
+    for e in examples:
+        docids = [c.docid for c in e.candidates]
+        sc = inner.list_scores(e.qid, docids) if hasattr(inner, "list_scores") else window_scores.get(e.qid)
+        counts["lists_with_teacher_scores" if sc is not None else "lists_without_teacher_scores"] += 1
+        out.append(replace(e, teacher_scores=sc) if sc is not None else e)
+    return out
 
 
 def run_shard(cfg: JobCfg, *, num_shards: int = 1, shard_id: int = 0, force: bool = False) -> dict:
@@ -206,6 +231,13 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
         check_invalid(counts, lab.max_invalid_fraction, name)
         failed, calls = res.failed, res.calls
         examples = [replace(e, ranking=res.rankings[e.qid]) for e in examples if e.qid in res.rankings]
+        if lab.teacher_scores:
+            examples = attach_teacher_scores(examples, teacher, res.scores, counts)
+        elif any(e.teacher_scores is not None for e in examples):  # a relabelled source's old scores
+            counts["stale_teacher_scores_dropped"] += sum(e.teacher_scores is not None for e in examples)
+            log.warning("%s: the source's teacher_scores belong to another teacher than this ranking: dropped "
+                        "(set labels.teacher_scores=true to store this teacher's)", name)
+            examples = [replace(e, teacher_scores=None) for e in examples]
     counts.update(input_rows=imp.report.total, skipped_rows=imp.report.skipped, rows_written=len(examples))
     output.write_examples(out / "shards" / f"{name}.parquet", examples)
     if cfg.output.call_log:

@@ -57,12 +57,14 @@ def example_schema() -> Any:
     cand = pa.struct([("docid", pa.string()), ("text", pa.string()), ("title", pa.string())])
     return pa.schema([("qid", pa.string()), ("query", pa.string()), ("candidates", pa.list_(cand)),
                       ("ranking", pa.list_(pa.string())), ("relevance", pa.list_(pa.float64())),
-                      ("qrels", pa.list_(pa.struct([("docid", pa.string()), ("relevance", pa.int64())])))])
+                      ("qrels", pa.list_(pa.struct([("docid", pa.string()), ("relevance", pa.int64())]))),
+                      ("teacher_scores", pa.list_(pa.float64()))])
 
 
 def write_examples(path: Path, examples: Sequence[ListwiseExample]) -> Path:
     rows = [{"qid": e.qid, "query": e.query, "ranking": e.ranking, "relevance": e.relevance,
              "qrels": None if e.qrels is None else [{"docid": d, "relevance": g} for d, g in e.qrels.items()],
+             "teacher_scores": e.teacher_scores,
              "candidates": [{"docid": c.docid, "text": c.text, "title": c.title} for c in e.candidates]}
             for e in examples]
     return write_parquet(path, rows, example_schema())

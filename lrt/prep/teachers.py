@@ -145,6 +145,13 @@ class ScoresTeacher:
     def stats(self) -> dict[str, int]:
         return {"teacher_calls": self._calls, "missing_scores": self._missing}
 
+    def list_scores(self, qid: str, docids: Sequence[str]) -> list[float] | None:
+        """Each candidate's score (display order), for score distillation; None when one has no score
+        (a run that did not retrieve it): a made-up score would be a fake target."""
+        table = self.scores.get(qid, {})
+        sc = [table.get(d, self.missing_score) for d in docids]
+        return [float(x) for x in sc] if all(math.isfinite(x) for x in sc) else None
+
 
 def load_scores(path: str, fmt: str) -> dict[str, dict[str, float]]:
     """Per-query scores from a TREC run (score column), qrels (grade) or fullrank JSONL (-position)."""

@@ -95,6 +95,9 @@ class BuildResult:
     calls: list[WindowCall]
     failed: dict[str, str] = field(default_factory=dict)  # qid -> error of the window that failed
     counts: Counter = field(default_factory=Counter)
+    # qid -> the teacher's per-candidate scores (display order), for lists ranked in ONE window whose
+    # answer carried `meta["scores"]` (an LLM teacher's first-token log-probs, comparable within a prompt)
+    scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 def build_labels(
@@ -154,6 +157,9 @@ def build_labels(
                 c["missing"] += parsed.missing
                 c["invalid_responses"] += not parsed.valid
                 c["refused"] += not parsed.extracted  # no identifier at all: a refusal, not a ranking
+                one_window = len(plans[q]) == 1 and (a, b) == (0, len(orders[q]))
+                if one_window and resp.meta.get("scores") is not None:  # window order = display order
+                    res.scores[examples[q].qid] = [float(x) for x in resp.meta["scores"]]
             if record_calls:
                 res.calls.append(WindowCall(
                     req.qid, step, p, a, b, list(req.docids), resp.raw, parsed.order if parsed else None,

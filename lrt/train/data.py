@@ -70,6 +70,7 @@ def encode_all(
     rows = [ex.to_row() for ex in examples]
     for row in rows:
         row.setdefault("relevance", None)
+        row.setdefault("teacher_scores", None)
     ds = datasets.Dataset.from_list(rows)
     enc = ds.map(fn, num_proc=r.data.num_proc, remove_columns=ds.column_names, desc="encode")
     return [dict(x) for x in enc]
@@ -324,6 +325,21 @@ def _open_split(r: Recipe, env: Any, source: str, limit: int | None) -> Sequence
     return exs
 
 
+def check_teacher_scores(r: Recipe, objective: Any, train: Sequence[ListwiseExample]) -> None:
+    """Distillation terms need every training list's `teacher_scores`: one clear error, before training."""
+    need = objective.teacher_score_terms
+    if not need:
+        return
+    from lrt.data.cache import LazyExamples
+    from lrt.data.schema import missing_teacher_scores
+
+    missing = train.without_teacher_scores() if isinstance(train, LazyExamples) else [
+        e.qid for e in train if e.teacher_scores is None]
+    if missing:
+        raise missing_teacher_scores(f"{r.data.train} ({len(missing)} of {len(train)} lists, e.g. qid "
+                                     f"{missing[0]!r})", need)
+
+
 def prepare_data(r: Recipe, env: Any, objective: Any, shard: tuple[int, int] | None = None) -> TrainData:
     """Load/validate the splits, load the tokenizer, probe identifiers, tokenise the training lists.
 
@@ -343,6 +359,7 @@ def prepare_data(r: Recipe, env: Any, objective: Any, shard: tuple[int, int] | N
     else:
         train = load_split(r, r.data.train)
         evals = load_split(r, eval_src) if eval_src else []
+    check_teacher_scores(r, objective, train)
     if r.eval.max_queries:
         evals = evals[: r.eval.max_queries]
     n = max_identifiers(r, train, evals)

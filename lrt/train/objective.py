@@ -23,7 +23,7 @@ REFERENCE_LOSSES = {"lipo_lambda"}  # scored as beta * (log p_policy - log p_ref
 class Term:
     name: str
     weight: float
-    kind: str  # "lm" | "rank"
+    kind: str  # "lm" | "rank" | "lipo" | "distill"
     fn: Callable[..., torch.Tensor] | None = None
     params: dict[str, Any] | None = None
 
@@ -32,7 +32,7 @@ class Objective:
     """Builds the terms once; `denominators(batch)` and `numerators(...)` per micro-batch."""
 
     def __init__(self, terms: list[LossTerm]) -> None:
-        from lrt.losses.registry import check_loss_params, get_ranking_loss
+        from lrt.losses.registry import TEACHER_SCORE_LOSSES, check_loss_params, get_ranking_loss
 
         self.terms: list[Term] = []
         for t in terms:
@@ -43,6 +43,8 @@ class Objective:
                 params = dict(t.params)
                 beta = float(params.pop("beta", 0.1))
                 self.terms.append(Term(t.name, t.weight, "lipo", get_ranking_loss(t.name, **params), {"beta": beta}))
+            elif t.name in TEACHER_SCORE_LOSSES:  # score distillation: reads batch["teacher_scores"]
+                self.terms.append(Term(t.name, t.weight, "distill", get_ranking_loss(t.name, **t.params)))
             else:
                 self.terms.append(Term(t.name, t.weight, "rank", get_ranking_loss(t.name, **t.params)))
         lm = self.lm_params
@@ -82,7 +84,12 @@ class Objective:
 
     @property
     def needs_scores(self) -> bool:
-        return any(t.kind in ("rank", "lipo") for t in self.terms)
+        return any(t.kind in ("rank", "lipo", "distill") for t in self.terms)
+
+    @property
+    def teacher_score_terms(self) -> list[str]:
+        """Terms that train on per-candidate teacher scores: the data must carry `teacher_scores`."""
+        return [t.name for t in self.terms if t.kind == "distill"]
 
     @property
     def needs_reference(self) -> bool:
@@ -142,6 +149,9 @@ class Objective:
                 policy = identifier_logprobs(hidden, batch["answer_pos"], scores, weight, bias)
                 s = lipo_scores(policy, ref_logps, t.params["beta"])
                 out[t.name] = t.fn(s, batch["ranks"], batch.get("relevance"), reduction="sum")
+            elif t.kind == "distill":
+                assert t.fn is not None and scores is not None
+                out[t.name] = t.fn(scores, batch["ranks"], _teacher_scores(batch, t.name), reduction="sum")
             else:
                 assert t.fn is not None and scores is not None
                 out[t.name] = t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")
@@ -149,8 +159,11 @@ class Objective:
 
     def score_numerators(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Sum-reduced ranking terms on given [B, N] scores (pointwise groups: no hidden states here)."""
-        return {t.name: t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")  # type: ignore[misc]
-                for t in self.terms if t.kind == "rank"}
+        out = {t.name: t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")  # type: ignore[misc]
+               for t in self.terms if t.kind == "rank"}
+        out.update({t.name: t.fn(scores, batch["ranks"], _teacher_scores(batch, t.name), reduction="sum")  # type: ignore[misc]
+                    for t in self.terms if t.kind == "distill"})
+        return out
 
     def combine(
         self, nums: dict[str, torch.Tensor], dens: dict[str, float], scale: float = 1.0
@@ -161,6 +174,13 @@ class Objective:
             key = "lm" if t.kind == "lm" else t.name
             total = total + t.weight * nums[key] / max(dens[key], 1e-12)
         return total * scale
+
+
+def _teacher_scores(batch: dict[str, torch.Tensor], term: str) -> torch.Tensor:
+    """The batch's [B, N] teacher scores (checked at data load, so a miss here is a bug, not the user's)."""
+    if "teacher_scores" not in batch:
+        raise RuntimeError(f"loss {term} needs batch['teacher_scores']; the data loader should have refused this data")
+    return batch["teacher_scores"]
 
 
 def identifier_logprobs(

@@ -44,6 +44,9 @@ def prepare_pointwise_data(r: Recipe, env: Any, objective: Objective) -> Any:
     train = load(r.data.train)
     eval_src = r.eval.data or r.data.eval
     evals = load(eval_src) if eval_src else []
+    from lrt.train.data import check_teacher_scores
+
+    check_teacher_scores(r, objective, train)
     if r.eval.max_queries:
         evals = evals[: r.eval.max_queries]
     tok = load_tokenizer(r, n_identifiers=0)

@@ -250,8 +250,9 @@ def test_lrt_train_lipo_k_resumes_bitwise_after_sigkill(tiny_model_dir, tiny_dat
 
 def test_lrt_train_lipo_k_in_train_mode_with_and_without_checkpointing(monkeypatch, tiny_model_dir, tiny_data, tmp_path):
     """Through `lrt train`: every module training at every optimizer step, NEFTune noise in the
-    policy's forwards and none in the reference's, with the KV-cache path and under gradient
-    checkpointing (no cache: K full rows per list)."""
+    policy's forwards and none in the reference's (frozen copy, or LoRA with adapters disabled and
+    no adapter dropout), with the KV-cache path and under gradient checkpointing (no cache: K full
+    rows per list)."""
     import test_train_mode as tm
 
     from lrt.cli import main as cli_main
@@ -259,8 +260,10 @@ def test_lrt_train_lipo_k_in_train_mode_with_and_without_checkpointing(monkeypat
 
     loss = [{"name": "lipo_k", "weight": 1.0, "params": {"num_rankings": 3, "beta": 0.5}}]
     runs = {}
-    for gc in (False, True):
-        recipe = tm._recipe(tmp_path, tiny_model_dir, tiny_data, f"k{int(gc)}", loss=loss)
+    for lora, gc in ((False, False), (False, True), (True, False)):
+        name = f"k{int(lora)}{int(gc)}"
+        extra = {"model__lora": tm.LORA} if lora else {}
+        recipe = tm._recipe(tmp_path, tiny_model_dir, tiny_data, name, loss=loss, **extra)
         with tm.probed(monkeypatch) as probe, monkeypatch.context() as mp:
             real = RerankModule.reference_sequence_logprobs
 
@@ -274,15 +277,16 @@ def test_lrt_train_lipo_k_in_train_mode_with_and_without_checkpointing(monkeypat
             mp.setattr(RerankModule, "reference_sequence_logprobs", ref_phase)
             assert cli_main(["train", str(recipe), "eval.every=null", "eval.at_start=false", "eval.at_end=false",
                              "train.max_steps=2", f"model.gradient_checkpointing={str(gc).lower()}"]) == 0
-        runs[gc] = probe
+        runs[lora, gc] = probe
+        losses = [r["loss/lipo_k"] for r in tm._metrics(tmp_path / name) if "loss" in r]
+        assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
     for p in runs.values():
         assert len(p.step_modes) == 2 and all(on == total for on, total in p.step_modes), p.step_modes
         assert len(p.noise["train"]) == 2 * 2 * 2 and min(p.noise["train"]) > 0  # prompt + answers forwards, noised
         assert len(p.noise["ref"]) == 2 * 2 * 2 and max(p.noise["ref"]) == 0  # reference: eval mode, no noise
-    assert runs[True].layer_bodies["train"] == 2 * runs[False].layer_bodies["train"]  # checkpointing recomputed
-    for name in ("k0", "k1"):
-        losses = [r["loss/lipo_k"] for r in tm._metrics(tmp_path / name) if "loss" in r]
-        assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
+    assert runs[False, True].layer_bodies["train"] == 2 * runs[False, False].layer_bodies["train"]  # recomputed
+    assert min(runs[True, False].dropout_zero_frac["train"]) > 0.3  # LoRA dropout on in the policy ...
+    assert not runs[True, False].dropout_zero_frac["ref"]  # ... adapters (and their dropout) off in the reference
 
 
 def test_lipo_k_step_has_no_full_logits():

@@ -336,7 +336,7 @@ def _pointwise_problems(r: Recipe) -> list[str]:
     out = []
     if r.prompt.preset not in POINTWISE_PRESETS:
         out.append(f"scoring.mode=pointwise needs a pointwise prompt.preset ({', '.join(sorted(POINTWISE_PRESETS))})")
-    bad = [t.name for t in r.loss if t.name in ("lm", "lipo_lambda")]
+    bad = [t.name for t in r.loss if t.name in ("lm", "lipo_lambda", "lipo_k")]
     if bad:
         out.append(f"scoring.mode=pointwise scores pairs, it has no listwise target: remove loss terms {bad} "
                    "(use softmax_ce, bce, ranknet, ...)")

@@ -92,6 +92,13 @@ def param_problems(name: str, params: dict[str, Any], in_recipe: bool = True) ->
     bad values the allowed choices or range. An unknown loss name is reported under "". In a
     recipe, `reduction` is the objective's (sum over lists / global list count), not the term's.
     """
+    if name == "lipo_k":  # sequence-level LiPO: not a score loss, its params are checked by its module
+        from lrt.losses.lipo_k import LIPO_K_PARAMS, lipo_k_problems
+
+        allowed_k = sorted(LIPO_K_PARAMS)
+        out_k = {key: f"loss 'lipo_k' has no parameter {key!r}; allowed: {allowed_k}.{_did_you_mean(key, allowed_k)}"
+                 for key in params if key not in LIPO_K_PARAMS}
+        return out_k | lipo_k_problems(params)
     if name == "lm":
         allowed: list[str] = sorted(LM_PARAMS)
     elif name in RANKING_LOSSES or name in TEACHER_SCORE_LOSSES:
@@ -99,7 +106,7 @@ def param_problems(name: str, params: dict[str, Any], in_recipe: bool = True) ->
         if name == "lipo_lambda":
             allowed = sorted([*allowed, "beta"])
     else:
-        options = sorted([*RANKING_LOSSES, *TEACHER_SCORE_LOSSES, "lm"])
+        options = sorted([*RANKING_LOSSES, *TEACHER_SCORE_LOSSES, "lm", "lipo_k"])
         close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return {"": f"unknown loss {name!r}{hint}; choose from {options}"}

@@ -374,6 +374,10 @@ def prepare_data(r: Recipe, env: Any, objective: Any, shard: tuple[int, int] | N
             if getattr(env, "is_main", True):  # said once, at the start: else every evaluation is skipped silently
                 log.warning("eval: first-token evaluation cannot run, so eval.every/eval.at_end will be skipped "
                             "for the whole run: %s", e)
+    if id_ids is not None and getattr(objective, "sequence_terms", None):
+        from lrt.train.lipo_k import check_substitution
+
+        check_substitution(tok, template, n)  # lipo_k builds permuted answers by swapping identifier tokens
     t1 = time.perf_counter()
     enc_ids = id_ids if objective.needs_scores else None
     if not r.data.cache:

@@ -41,13 +41,63 @@ class RerankModule(nn.Module):
         self, batch: dict[str, torch.Tensor], dens: dict[str, float], scale: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         decoder, head = decoder_and_head(self.model)
-        h = hidden_states(decoder, batch)
         bias = getattr(head, "bias", None)
-        ref = self.reference_logprobs(batch) if self.objective.needs_reference else None
+        seq = None
+        if self.objective.sequence_terms:  # lipo_k: the row forward keeps its KV cache for the K answers
+            from lrt.train.lipo_k import prefix_forward
+
+            h, cache = prefix_forward(decoder, batch)
+            seq = self.sequence_inputs(batch, decoder, head, h, cache)
+        else:
+            h = hidden_states(decoder, batch)
+        lipo = any(t.kind == "lipo" for t in self.objective.terms)
+        ref = self.reference_logprobs(batch) if lipo else None
         with full_precision(h):  # scores, log-probs and losses in fp32 under any autocast
-            nums, _ = self.objective.numerators(h, batch, head.weight, bias, ref)
+            nums, _ = self.objective.numerators(h, batch, head.weight, bias, ref, seq)
             loss = self.objective.combine(nums, dens, scale)
         return loss, {k: v.detach() for k, v in nums.items()}
+
+    def sequence_inputs(self, batch: dict[str, torch.Tensor], decoder: nn.Module, head: nn.Module, h: torch.Tensor,
+                        cache: object) -> dict[str, tuple[torch.Tensor, ...]]:
+        """(policy, reference, labels) [B, K] per `lipo_k` term: K rankings of each list (teacher +
+        seeded perturbations), their nDCG labels, whole-answer log-probs under both models."""
+        from lrt.losses.lipo_k import perturbed_orders, ranking_labels
+        from lrt.train import lipo_k as lk
+
+        out: dict[str, tuple[torch.Tensor, ...]] = {}
+        chunk = self.objective.chunk_rows(head.weight.shape[0])
+        for i, t in enumerate(self.objective.sequence_terms):
+            p = t.params or {}
+            orders = perturbed_orders(batch["ranks"], lk.list_seeds(batch, int(p["seed"])), int(p["num_rankings"]),
+                                      str(p["perturb"]), int(p["swaps"]))
+            labels = ranking_labels(orders, batch["ranks"], batch.get("relevance"), p["k"])
+            tokens, mask, start = lk.answers(batch, orders)
+            if i:  # the cache was consumed (repeated, extended) by the previous term
+                h, cache = lk.prefix_forward(decoder, batch)
+            policy = lk.sequence_logprobs(decoder, head.weight, getattr(head, "bias", None), batch, h, cache,
+                                          tokens, mask, start, chunk)
+            out[t.name] = (policy, self.reference_sequence_logprobs(batch, tokens, mask, start, chunk), labels)
+        return out
+
+    @torch.no_grad()
+    def reference_sequence_logprobs(self, batch: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor,
+                                    start: torch.Tensor, chunk: int) -> torch.Tensor:
+        """The frozen reference's whole-answer log-probs [B, K] (eval mode, no grad)."""
+        from lrt.train import lipo_k as lk
+
+        ref_model, ctx = self._reference_model(batch)
+        with ctx, eval_mode(ref_model):
+            decoder, head = decoder_and_head(ref_model)
+            h, cache = lk.prefix_forward(decoder, batch)
+            return lk.sequence_logprobs(decoder, head.weight, getattr(head, "bias", None), batch, h, cache,
+                                        tokens, mask, start, chunk)
+
+    def _reference_model(self, batch: dict[str, torch.Tensor]) -> tuple[nn.Module, contextlib.AbstractContextManager]:
+        if self._reference is None:
+            return self.model, self.model.disable_adapter()
+        if next(self._reference.parameters()).device != batch["input_ids"].device:
+            self._reference.to(batch["input_ids"].device)
+        return self._reference, contextlib.nullcontext()
 
     @torch.no_grad()
     def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -17,13 +17,14 @@ from lrt.scoring import identifier_scores, target_nll
 
 
 REFERENCE_LOSSES = {"lipo_lambda"}  # scored as beta * (log p_policy - log p_reference)
+SEQUENCE_LOSSES = {"lipo_k"}  # K whole-answer log-probs per list (lrt.train.lipo_k), policy vs reference
 
 
 @dataclass
 class Term:
     name: str
     weight: float
-    kind: str  # "lm" | "rank" | "lipo" | "distill"
+    kind: str  # "lm" | "rank" | "lipo" | "distill" | "seq"
     fn: Callable[..., torch.Tensor] | None = None
     params: dict[str, Any] | None = None
 
@@ -39,6 +40,11 @@ class Objective:
             check_loss_params(t.name, dict(t.params))  # every bad param of every term (lm too), not a fallback
             if t.name == "lm":
                 self.terms.append(Term("lm", t.weight, "lm", params=dict(t.params)))
+            elif t.name in SEQUENCE_LOSSES:
+                from lrt.losses.lipo_k import LIPO_K_PARAMS, lipo_k
+
+                params = {k: d for k, (d, _) in LIPO_K_PARAMS.items()} | dict(t.params)
+                self.terms.append(Term(t.name, t.weight, "seq", lipo_k, params))
             elif t.name in REFERENCE_LOSSES:
                 params = dict(t.params)
                 beta = float(params.pop("beta", 0.1))
@@ -84,7 +90,7 @@ class Objective:
 
     @property
     def needs_scores(self) -> bool:
-        return any(t.kind in ("rank", "lipo", "distill") for t in self.terms)
+        return any(t.kind in ("rank", "lipo", "distill", "seq") for t in self.terms)
 
     @property
     def teacher_score_terms(self) -> list[str]:
@@ -93,11 +99,16 @@ class Objective:
 
     @property
     def needs_reference(self) -> bool:
-        return any(t.kind == "lipo" for t in self.terms)
+        """A frozen reference model is kept (identifier log-probs and/or sequence log-probs)."""
+        return any(t.kind in ("lipo", "seq") for t in self.terms)
+
+    @property
+    def sequence_terms(self) -> list[Term]:
+        return [t for t in self.terms if t.kind == "seq"]
 
     @property
     def needs_target(self) -> bool:
-        return self.lm_params is not None
+        return self.lm_params is not None or bool(self.sequence_terms)
 
     def token_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Importance-aware weights (fullrank) per target token, or None for plain token-mean NLL."""
@@ -122,11 +133,12 @@ class Objective:
 
     def numerators(
         self, hidden: torch.Tensor, batch: dict[str, torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None,
-        ref_logps: torch.Tensor | None = None,
+        ref_logps: torch.Tensor | None = None, seq: dict[str, tuple[torch.Tensor, ...]] | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Sum-reduced value of every term on this micro-batch (fp32), and the [B, N] scores.
 
-        `ref_logps` [B, N]: the frozen reference model's identifier log-probs (LiPO terms only)."""
+        `ref_logps` [B, N]: the frozen reference model's identifier log-probs (LiPO terms only).
+        `seq[name]` = (policy [B, K], reference [B, K], labels [B, K]) for each `lipo_k` term."""
         out: dict[str, torch.Tensor] = {}
         scores = None
         if self.needs_scores:
@@ -140,6 +152,14 @@ class Objective:
                     continue
                 nll = target_nll(hidden, batch, weight, bias, self.chunk_rows(weight.shape[0]))
                 out["lm"] = (nll * w).sum() if w is not None else nll.sum()
+            elif t.kind == "seq":
+                from lrt.losses import lipo_scores
+
+                assert t.fn is not None and t.params is not None
+                if seq is None or t.name not in seq:
+                    raise RuntimeError(f"loss {t.name} needs the policy's and reference's answer log-probs")
+                policy, ref, labels = seq[t.name]
+                out[t.name] = t.fn(lipo_scores(policy, ref, float(t.params["beta"])), labels, reduction="sum")
             elif t.kind == "lipo":
                 from lrt.losses import lipo_scores
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lrt.losses._common import PARAM_CHOICES, check_param
+from lrt.losses.pg_rank import pg_rank
 from lrt.losses.pointwise import bce
 from lrt.losses.ranking import approxndcg, lambdaloss, lipo_lambda, listmle, listnet, ranknet, softmax_ce
 
@@ -30,6 +31,7 @@ RANKING_LOSSES: dict[str, RankingLoss] = {
     "softmax_ce": softmax_ce,
     "lipo_lambda": lipo_lambda,
     "bce": bce,  # pointwise: BCE against graded relevance (or the teacher's top-k)
+    "pg_rank": pg_rank,  # policy gradient over sampled PL rankings; the objective passes per-list seeds
 }
 
 

@@ -52,12 +52,17 @@ def list_seeds(seed: int, step: int, indices: list[int] | Tensor) -> Tensor:
     return torch.tensor([_splitmix(seed, step, i) for i in idx], dtype=torch.long)
 
 
+def label_seed(ranks: Tensor, relevance: Tensor | None = None) -> int:
+    """The seed of a list given without one: a hash of its valid candidates' ranks (and relevance)."""
+    h = hashlib.blake2b(ranks.detach().cpu().to(torch.int64).numpy().tobytes(), digest_size=8)
+    if relevance is not None:
+        h.update(relevance.detach().cpu().to(torch.float64).numpy().tobytes())
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
 def _label_seed(lists: Lists, b: int) -> int:
     v = lists.valid[b]
-    h = hashlib.blake2b(lists.ranks[b][v].cpu().to(torch.int64).numpy().tobytes(), digest_size=8)
-    if lists.relevance is not None:
-        h.update(lists.relevance[b][v].detach().cpu().to(torch.float64).numpy().tobytes())
-    return int.from_bytes(h.digest(), "little") >> 1
+    return label_seed(lists.ranks[b][v], None if lists.relevance is None else lists.relevance[b][v])
 
 
 def gumbel_noise(seed: int, samples: int, n: int) -> Tensor:

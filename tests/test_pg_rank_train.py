@@ -5,6 +5,7 @@ SIGKILL (the pattern of test_scale_resume)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -162,3 +163,41 @@ def test_sigkill_during_save_then_resume_is_bitwise(tiny_model_dir, tiny_data, t
     assert [[r[k] for k in keys] for r in recs] == [[r[k] for k in keys] for r in full]  # bitwise
     wa, wb = safetensors_weights(ref / "final/model.safetensors"), safetensors_weights(b / "final/model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_two_processes_sample_what_one_process_samples(tiny_model_dir, tiny_data, tmp_path):
+    """2 ranks x 2 accumulation x 2 lists (DDP, gloo) vs 1 process x 8 lists in one micro-batch: the same
+    global batches, the same draws (a list sits at another position of another micro-batch)."""
+    recipe = _write(tmp_path / "r.yaml", tiny_model_dir, tiny_data)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([sys.executable, "-m", "lrt.cli", "train", str(recipe), f"output_dir={one}", "train.grad_accum=1",
+         "train.per_device_batch_size=8", "data.group_by_length=true"])
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lrt.cli",
+         "train", str(recipe), f"output_dir={two}", "train.grad_accum=2", "train.per_device_batch_size=2",
+         "data.group_by_length=true"])
+    a, b = metrics(one), metrics(two)
+    assert [r["step"] for r in b] == [1, 2, 3] and all(r["lists"] == 8 for r in b)
+    for g, w in zip(b, a):
+        for k in ("loss", "loss/pg_rank", "loss/lm", "grad_norm"):
+            assert g[k] == pytest.approx(w[k], rel=1e-5), (g["step"], k)
+    wa, wb = _weights(one), _weights(two)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-5
+
+
+def test_first_mistral_pgrank_recipe_validates_and_reads_the_shipped_jobs(tmp_path):
+    from lrt.config import load_recipe
+    from lrt.prep.config import load_job
+
+    repo = Path(__file__).resolve().parents[1]
+    path = repo / "recipes" / "first-mistral-7b-pgrank.yaml"
+    p = subprocess.run([sys.executable, "-m", "lrt.cli", "validate", "--no-file-check", str(path)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("ok:") and "10.0 x pg_rank" in p.stdout, p.stderr
+    r = load_recipe(path, check_files=False)
+    stage1 = load_recipe(repo / "recipes" / "first-mistral-7b.yaml", check_files=False)
+    assert r.model.name_or_path == str(Path(stage1.output_dir) / "final")  # stage 2 starts from stage 1's export
+    assert r.data.train == stage1.data.train and r.data.eval == stage1.data.eval
+    assert str(Path(r.data.train).parent) == load_job(repo / "data_prep" / "rankzephyr-import.yaml").output.dir
+    assert str(Path(r.data.eval).parent) == load_job(repo / "data_prep" / "dl19-eval.yaml").output.dir
+    assert [t.name for t in r.loss] == ["lm", "pg_rank"] and r.eval.at_start

@@ -9,7 +9,7 @@ import torch
 import lrt.losses as L
 from lrt.losses import RANKING_LOSSES, get_ranking_loss, loss_params
 
-EXPECTED = {"ranknet", "lambdaloss", "listnet", "listmle", "approxndcg", "softmax_ce", "lipo_lambda", "bce"}
+EXPECTED = {"ranknet", "lambdaloss", "listnet", "listmle", "approxndcg", "softmax_ce", "lipo_lambda", "bce", "pg_rank"}
 
 PARAMS = {
     "ranknet": {"weighting": "label_diff", "reduction_pairs": "weights", "sigma": 2.0},
@@ -20,6 +20,7 @@ PARAMS = {
     "softmax_ce": {},
     "lipo_lambda": {"gain": "linear"},
     "bce": {"use_relevance": False, "top_k": 2},
+    "pg_rank": {"samples": 4, "k": 3, "reward": "reasonrank", "entropy": 0.1},
 }
 
 

@@ -32,9 +32,13 @@ PARAM_CHOICES: dict[str, tuple[Any, ...]] = {
     "alpha": (None, "inv_log2", "one_plus_inv_log2"),
     "target": ("ranks", "relevance"),
     "margins": ("positive", "all_pairs"),  # margin_mse (lrt.losses.distill)
+    # pg_rank (lrt.losses.pg_rank)
+    "reward": ("ndcg", "reasonrank"),
+    "labels": ("auto", "ranks", "relevance"),
+    "baseline": ("loo", "none"),
 }
 _POSITIVE = ("sigma", "temperature")  # must be finite and > 0
-_NON_NEGATIVE = ("mu",)
+_NON_NEGATIVE = ("mu", "entropy")
 _OPTIONAL_COUNT = ("k", "top_k")  # None or an int >= 1
 
 
@@ -51,6 +55,13 @@ def check_param(name: str, value: Any) -> None:
     elif name in _OPTIONAL_COUNT:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{name}={value!r} must be None or an int >= 1")
+    elif name == "samples":  # pg_rank: the leave-one-out baseline needs two rankings per list
+        if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+            raise ValueError(f"samples={value!r} must be an int >= 2")
+    elif name == "rbo_p":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+        if not ok:
+            raise ValueError(f"rbo_p={value!r} must be a number in (0, 1)")
     elif name == "use_relevance" and not isinstance(value, bool):
         raise ValueError(f"use_relevance={value!r} must be a bool")
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lrt.losses._common import PARAM_CHOICES, check_param
 from lrt.losses.distill import kl_distill, margin_mse
+from lrt.losses.pg_rank import pg_rank
 from lrt.losses.pointwise import bce
 from lrt.losses.ranking import approxndcg, lambdaloss, lipo_lambda, listmle, listnet, ranknet, softmax_ce
 
@@ -31,6 +32,7 @@ RANKING_LOSSES: dict[str, RankingLoss] = {
     "softmax_ce": softmax_ce,
     "lipo_lambda": lipo_lambda,
     "bce": bce,  # pointwise: BCE against graded relevance (or the teacher's top-k)
+    "pg_rank": pg_rank,  # policy gradient over sampled PL rankings; the objective passes per-list seeds
 }
 
 # Score distillation (lrt.losses.distill): same call, but the third tensor is the teacher's

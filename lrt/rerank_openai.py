@@ -153,6 +153,11 @@ class OpenAIBackend:
         """Once per backend: does the server answer `logprob_token_ids` with every asked id? Returns
         the probe's answer when it does (it is that window's result), else None (path top_k)."""
         ans = self.client.request("completions", self._payload(rr, item, n, exact=True), top_logprobs)
+        if ans.value is None and "bad_response" in (ans.error or ""):
+            # a 200 answer that is malformed after the retries is a broken server, not a missing feature
+            from lrt.rerank import _unpack
+
+            self._raise_unanswered(_unpack(item)[0], ans.error)
         want = {f"token_id:{i}" for i in rr._identifier_ids(n)}
         ok = ans.value is not None and want <= {t for t, _ in ans.value[0]}
         self.logprob_path = "token_ids" if ok else "top_k"

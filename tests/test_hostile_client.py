@@ -20,6 +20,12 @@ from lrt.testing.hostile_server import ScriptedServer, completion
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-hostile-0123456789abcdef"
 GOOD = completion("A", {"A": -0.1, "B": -1.0, "C": -2.5})
+_IDS: dict[str, int] = {}  # identifier -> token id of the export's tokenizer (set by the `export` fixture)
+
+
+def Server(script):  # noqa: N802 - reads like the class it builds
+    """The scripted server answering identifiers by token id, as vLLM's return_tokens_as_token_ids does."""
+    return ScriptedServer(script, token_ids=_IDS)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +37,12 @@ def export(tmp_path_factory):
     d = save_tiny_model(tmp_path_factory.mktemp("hc") / "model", "chatml", seed=3)
     RerankerMeta(template=PromptTemplate.preset("compact", max_passage_tokens=12).to_dict(), window=3, stride=1,
                  max_length=512).save(d)
+    from transformers import AutoTokenizer
+
+    from lrt.data.collate import identifier_token_ids
+
+    tok = AutoTokenizer.from_pretrained(d)
+    _IDS.update(zip("ABC", identifier_token_ids(tok, PromptTemplate.preset("compact", max_passage_tokens=12), 3)))
     return d
 
 
@@ -72,8 +84,8 @@ def no_secret(res: subprocess.CompletedProcess, d: Path) -> None:
 @pytest.mark.parametrize("origin", ["other", "same"])
 def test_redirects_are_refused_and_the_key_never_leaves(export, tmp_path, code, origin):
     _inputs(tmp_path)
-    with ScriptedServer(lambda n, m, p, b: (200, {}, GOOD)) as other:
-        with ScriptedServer(lambda n, m, p, b: (200, {}, GOOD)) as srv:
+    with Server(lambda n, m, p, b: (200, {}, GOOD)) as other:
+        with Server(lambda n, m, p, b: (200, {}, GOOD)) as srv:
             target = (other.url if origin == "other" else srv.url) + "/elsewhere/completions"
             srv.script = lambda n, m, p, b: ((code, {"Location": target}, b"{}") if p.endswith("/v1/completions")
                                              else (200, {}, GOOD))
@@ -102,7 +114,7 @@ MALFORMED = {
 def test_malformed_200_answers_are_retried_then_one_error(export, tmp_path, case):
     _inputs(tmp_path)
     body, why = MALFORMED[case]
-    with ScriptedServer(lambda n, m, p, b: (200, {}, body)) as srv:
+    with Server(lambda n, m, p, b: (200, {}, body)) as srv:
         res = rerank(export, tmp_path, srv.url)
     assert_clean_failure(res, tmp_path, "bad_response", *([why] if why else []))
     assert len(srv.seen) == 2  # --max-retries 1: tried twice, then reported
@@ -112,7 +124,7 @@ def test_malformed_200_answers_are_retried_then_one_error(export, tmp_path, case
 def test_odd_retry_after_never_reaches_sleep(export, tmp_path, value):
     _inputs(tmp_path)
     script = lambda n, m, p, b: (503, {"Retry-After": value}, b'{"error": "busy"}') if n == 1 else (200, {}, GOOD)  # noqa: E731
-    with ScriptedServer(script) as srv:
+    with Server(script) as srv:
         res = rerank(export, tmp_path, srv.url)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Traceback" not in res.stderr

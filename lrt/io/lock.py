@@ -19,16 +19,20 @@ from typing import Any
 from lrt.errors import LrtError
 
 
+_HELD: dict[str, int] = {}  # lock file -> fd, for the locks this process holds (flock is per open file)
+
+
 class DirLock:
     """`with DirLock(path, busy=...)`: hold `path` exclusively or raise one clear LrtError.
 
     `busy(holder)` builds the message when another process holds the lock (`holder` reads like
     "pid 123 on host n1, since 2026-...")."""
 
-    def __init__(self, path: Path, busy: Any, what: str = "lock") -> None:
+    def __init__(self, path: Path, busy: Any, what: str = "lock", reentrant: bool = False) -> None:
         self.path = Path(path)
         self.busy = busy
         self.what = what
+        self.reentrant = reentrant  # share it with this process's own earlier holder (trainers in turn)
         self.fd: int | None = None
 
     def holder(self) -> str:
@@ -39,6 +43,10 @@ class DirLock:
             return "a process that is just starting (pid not yet written)"
 
     def acquire(self) -> "DirLock":
+        key = str(self.path.resolve())
+        if self.reentrant and key in _HELD:  # this process holds it already (one process, several trainers in turn): share it
+            self.fd, self._owner = None, False
+            return self
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -55,11 +63,13 @@ class DirLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        self.fd = fd
+        self.fd, self._owner = fd, True
+        _HELD[key] = fd
         return self
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD.pop(str(self.path.resolve()), None)
             os.close(self.fd)  # releases the flock; the file stays (removing it would race a waiter)
             self.fd = None
 

@@ -35,6 +35,8 @@ class _Handler(BaseHTTPRequestHandler):
                              "body": body})
             k = len(srv.seen)
         status, headers, data = srv.script(k, method, self.path, body)
+        for text, tid in srv.token_ids.items():  # answer identifiers by token id, as vLLM does
+            data = data.replace(json.dumps(text).encode(), json.dumps(f"token_id:{tid}").encode())
         self.send_response(status)
         headers = {"Content-Type": "application/json", **headers}
         for key, v in headers.items():
@@ -55,9 +57,12 @@ class ScriptedServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, token_ids: dict[str, int] | None = None) -> None:
+        """`token_ids` ({"A": 330, ...}): every JSON string "A" in an answer becomes "token_id:330"
+        (vLLM's `return_tokens_as_token_ids` form, which lrt's first-token scoring reads)."""
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script = script
+        self.token_ids = dict(token_ids or {})
         self.lock = threading.Lock()
         self.seen: list[dict[str, Any]] = []
         self._thread: threading.Thread | None = None

@@ -397,7 +397,7 @@ def run_lock(out: Path) -> "DirLock":
     return DirLock(out / RUN_LOCK, lambda holder: (
         f"output_dir {out} is in use by another training run ({holder}): two runs on one output_dir would "
         "write the same checkpoints and log the same steps twice; wait for it to finish (or stop it), or "
-        "choose another output_dir"), what="run lock")
+        "choose another output_dir"), what="run lock", reentrant=True)
 
 
 def previous_run(out: Path) -> list[str]:

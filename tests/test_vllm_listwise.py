@@ -103,7 +103,8 @@ def test_prep_openai_teacher_labels_equal_hf_teacher(served, tmp_path, monkeypat
     export, srv = served
     write_examples(random_examples(3, 6, seed=8), tmp_path / "rows.jsonl")
     common = {"source": {"kind": "canonical", "path": str(tmp_path / "rows.jsonl")},
-              "labels": {"window": 4, "stride": 2, "mode": "freeze_prefix"},
+              "labels": {"window": 4, "stride": 2, "mode": "freeze_prefix",
+                         "max_invalid_fraction": 1.0},  # an untrained teacher: compare its invalid answers too
               "prompt": {"preset": "compact", "max_passage_tokens": 64}}
     # the same decoding budget both ways: the hf teacher's (a full answer + 8 tokens)
     from lrt.prep.hf_teacher import HFTeacher

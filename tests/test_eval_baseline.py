@@ -1,17 +1,16 @@
 """`lrt eval --baseline`: paired significance of runs against a baseline, checked on the shipped DL19 runs
-against an independent computation (plain-Python trec_eval nDCG@10, scipy's paired t and permutation test)."""
+against an independent computation (test_evaluate's plain-Python trec_eval nDCG@10, scipy's paired t and permutation test)."""
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from lrt.evaluate import holm
+from test_evaluate import _trec_ndcg  # the suite's from-scratch trec_eval ndcg_cut
 
 DATA = Path(__file__).resolve().parents[1] / "lrt/resources/data/fullrank"
 QRELS, BM25, RM100 = (DATA / "qrels.dl19-passage.txt", DATA / "dl19-bm25_top100.txt",
@@ -23,34 +22,13 @@ def _lrt_eval(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _ndcg10_per_query(run_path: Path, qrels_path: Path) -> dict[str, float]:
-    """trec_eval's ndcg_cut.10 written from scratch: run order = score desc, docid desc; gain = grade."""
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    for line in qrels_path.read_text().splitlines():
-        q, _, d, g = line.split()
-        qrels[q][d] = int(g)
-    run: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for line in run_path.read_text().splitlines():
-        q, _, d, _, s, _ = line.split()
-        run[q].append((float(s), d))
-    out = {}
-    for q, docs in run.items():
-        if q not in qrels:
-            continue
-        ranked = [d for _, d in sorted(docs, key=lambda x: (x[0], x[1]), reverse=True)][:10]
-        dcg = sum(qrels[q].get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked) if qrels[q].get(d, 0) > 0)
-        ideal = sorted((g for g in qrels[q].values() if g > 0), reverse=True)[:10]
-        out[q] = dcg / sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return out
-
-
 def test_rankmistral_vs_bm25_on_dl19_matches_an_independent_computation() -> None:
     stats = pytest.importorskip("scipy.stats")
     res = _lrt_eval("--qrels", str(QRELS), "--run", str(RM100), "--baseline", str(BM25), "--json")
     assert res.returncode == 0, res.stderr
     tests = {t["measure"]: t for t in json.loads(res.stdout)["baseline"]["tests"]}
     got = tests["nDCG@10"]
-    a, b = _ndcg10_per_query(RM100, QRELS), _ndcg10_per_query(BM25, QRELS)
+    a, b = _trec_ndcg(RM100, QRELS, 10), _trec_ndcg(BM25, QRELS, 10)
     qids = sorted(set(a) & set(b))
     d = [a[q] - b[q] for q in qids]
     assert got["queries"] == len(qids) == 43

@@ -7,7 +7,6 @@ switch), so it is safe inside a training process and on a headless node.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -171,24 +170,3 @@ def write_run_plots(run_dir: str | Path, kinds: Sequence[str] = KINDS + ("overvi
     except Exception as e:  # noqa: BLE001
         log.warning("plots of %s not written: %s", run_dir, e)
         return []
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lrt plot", description="Plot loss terms, LR, grad norm and eval nDCG of one or "
-                                "more runs (overlaid) from their metrics.jsonl.")
-    p.add_argument("runs", nargs="+", help="lrt run directories")
-    p.add_argument("--out", default=None, help="where to write the PNGs (default: RUN/plots for one run, ./lrt-plots otherwise)")
-    p.add_argument("--label", action="append", default=None, help="legend label per run (repeat, in order)")
-    a = p.parse_args(argv)
-    if a.label and len(a.label) != len(a.runs):
-        from lrt.errors import LrtError
-
-        raise LrtError(f"--label given {len(a.label)} times for {len(a.runs)} runs: give one per run or none")
-    out = a.out or (Path(a.runs[0]) / "plots" if len(a.runs) == 1 else Path("lrt-plots"))
-    paths = plot_runs(a.runs, out, a.label)
-    if not paths:
-        print(f"nothing to plot: no training or evaluation records in {', '.join(a.runs)}")
-        return 1
-    for path in paths:
-        print(path)
-    return 0

@@ -6,9 +6,9 @@ tokenizer are shipped in `lrt/assets/tiny-backbone` (built by `research/pretrain
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lrt.config import PACKAGE_DIR, load_recipe
@@ -60,16 +60,19 @@ def claim_run_dir(run: Path) -> None:
     (run / MARKER).write_text("created by `lrt quickstart`; a re-run replaces this run\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lrt quickstart", description=__doc__)
-    p.add_argument("--out", default="outputs/quickstart", help="run directory (data, checkpoints, export)")
-    p.add_argument("--mode", choices=sorted(RECIPES), default="first_token",
-                   help="first_token: FIRST listwise reranker (default); pointwise: yes/no pair scorer, same world")
-    p.add_argument("--recipe", default=None, help="recipe to run (default: the shipped one for --mode)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="cap training at N steps (and the data at what they use): a short smoke run of the pipeline")
-    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. train.max_steps=100")
-    a = p.parse_args(argv)
+@dataclass
+class Options:
+    """What `lrt quickstart` runs (its flags, `lrt.cli.quickstart`)."""
+
+    out: str = "outputs/quickstart"  # run directory (data, checkpoints, export)
+    mode: str = "first_token"  # a key of RECIPES
+    recipe: str | None = None  # default: the shipped one for `mode`
+    max_steps: int | None = None  # a short smoke run: cap training (and the data) at N steps
+    overrides: list[str] = field(default_factory=list)  # recipe overrides, e.g. train.max_steps=100
+
+
+def run(a: Options) -> int:
+    """The whole quickstart; 0 when the exported model reranks exactly as the in-training eval did."""
     a.recipe = a.recipe or str(RECIPES[a.mode])
     if not Path(a.recipe).exists():
         raise LrtError(f"{a.recipe}: quickstart recipe not found (shipped at lrt/resources/recipes/quickstart.yaml; "

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from lrt.bench import main as bench_main
+from lrt.cli.bench import main as bench_main
 
 TRAIN_KEYS = {
     "setting", "grad_ckpt", "seq", "vocab", "tokens_per_step", "target_tokens", "train_mode", "collate_ms",

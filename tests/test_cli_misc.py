@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import lrt
-from lrt.bench import SUBCOMMANDS as BENCH
+from lrt.cli import BENCH
 from lrt.cli import COMMANDS, main as lrt_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -194,7 +194,7 @@ def test_examples_store_round_trips_every_field(tmp_path):
 def test_bench_data_startup_reports_rss_and_time_per_rank(tmp_path, capsys):
     """`lrt bench data --startup` runs the Trainer's data start-up in fresh ranks (first run, then from
     the cache) and reports per-rank RSS growth and time; the numbers are measured, not asserted."""
-    from lrt.bench import main as bench_main
+    from lrt.cli.bench import main as bench_main
 
     assert bench_main(["data", "--startup", "--lists", "6", "--words", "20", "--procs", "1", "--modes", "cached",
                        "--workdir", str(tmp_path)]) == 0

@@ -152,7 +152,7 @@ def test_distillation_on_data_without_teacher_scores_is_one_clear_error(tiny_mod
 def test_scores_teacher_job_writes_each_candidates_score(tmp_path, monkeypatch):
     """`lrt prep` with a scores teacher and labels.teacher_scores: the rows carry the run's score of every
     candidate, in display order; a list with an unscored candidate keeps none and is counted."""
-    from lrt.prep.job import main as prep_main
+    from lrt.cli.prep import main as prep_main
 
     monkeypatch.chdir(REPO)
     rows = [json.loads(x) for _, x in zip(range(4), LABELS.open())]
@@ -194,7 +194,8 @@ def test_shipped_distillation_recipe_validates_on_what_its_data_job_writes(tmp_p
     """recipes/first-mistral-7b-distill.yaml + data_prep/distill-scores.yaml: the job (run here on the shipped
     fullrank lists with synthetic texts and a generated cross-encoder run) writes rows that `lrt validate`
     accepts for the recipe's distillation terms."""
-    from lrt.prep.job import load_job, main as prep_main
+    from lrt.prep.job import load_job
+    from lrt.cli.prep import main as prep_main
 
     monkeypatch.chdir(REPO)
     job, recipe = REPO / "data_prep" / "distill-scores.yaml", REPO / "recipes" / "first-mistral-7b-distill.yaml"
@@ -222,7 +223,7 @@ def test_shipped_distillation_recipe_validates_on_what_its_data_job_writes(tmp_p
 def test_relabelling_drops_another_teachers_scores_and_counts_them(tmp_path):
     """A canonical source relabelled by a new teacher without labels.teacher_scores: the old scores belong
     to the old teacher, so they are not written beside the new ranking (counted in the card)."""
-    from lrt.prep.job import main as prep_main
+    from lrt.cli.prep import main as prep_main
 
     exs = _examples(3)
     write_examples(exs, tmp_path / "rows.jsonl")

@@ -13,7 +13,8 @@ import ir_measures
 import pytest
 
 from lrt.errors import DataError, LrtError
-from lrt.evaluate import compare, evaluate, format_table, main, ndcg_at_k, parse_measures
+from lrt.cli.eval import main
+from lrt.evaluate import compare, evaluate, format_table, ndcg_at_k, parse_measures
 from lrt.io import read_qrels, read_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ def trained_run(tiny_model_dir, tiny_data, tmp_path_factory):
 def test_final_export_and_lrt_export_reproduce_trained_scores(trained_run, tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from lrt.export_cli import main as export_main
+    from lrt.cli.export import main as export_main
     from lrt.rerank import Reranker
 
     t, out = trained_run

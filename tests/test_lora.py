@@ -85,7 +85,7 @@ def test_lora_recipe_trains_adapters_and_exports_exactly(tiny_model_dir, tiny_da
     assert max_diff(scores(via_adapter, t, items), trained) <= 1e-5
 
     # `lrt export RUN_DIR --out DIR` (merged, and --adapter-only) from the last checkpoint
-    from lrt.export_cli import main as export_main
+    from lrt.cli.export import main as export_main
 
     assert export_main([str(out), "--out", str(tmp_path / "exp")]) == 0
     assert max_diff(scores(AutoModelForCausalLM.from_pretrained(tmp_path / "exp"), t, items), trained) <= 1e-5
@@ -102,7 +102,7 @@ def test_qlora_recipe_trains_4bit_and_exports_through_unquantised_reload(tiny_mo
     from transformers import AutoModelForCausalLM
 
     from lrt.export import export_run, merge_lora
-    from lrt.export_cli import main as export_main
+    from lrt.cli.export import main as export_main
 
     out = tmp_path / "qlora"
     ov = tiny_overrides(tiny_model_dir, tiny_data, out) + ["train.lr=1e-2", "model.lora.dropout=0.0", "model.lora.r=8"]

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lrt.errors import ConfigError, LrtError
-from lrt.prep.job import load_job, main, merge, run_shard
+from lrt.cli.prep import main
+from lrt.prep.job import load_job, merge, run_shard
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data_prep" / "demo-offline.yaml"
@@ -135,7 +136,7 @@ def test_slurm_array_script_submits_array_then_merge_and_runs_a_shard(tmp_path):
     fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/sbatch.log\necho 4242\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "NUM_SHARDS": "2",
-           "LRT_PREP": f"{sys.executable} -m lrt.prep.job", "PYTHONPATH": str(REPO)}
+           "LRT_PREP": f"{sys.executable} -m lrt.cli prep", "PYTHONPATH": str(REPO)}
     out = tmp_path / "out"
     args = ["bash", str(REPO / "launch" / "slurm-prep-array.sbatch"), str(DEMO), "source.limit=4", f"output.dir={out}"]
     res = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)

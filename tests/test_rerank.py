@@ -161,7 +161,7 @@ def test_meta_roundtrip_and_errors(tmp_path):
 
 
 def test_bench_rerank_prints_json_lines_and_ratios(capsys):
-    from lrt.bench.rerank import main as bench
+    from lrt.cli.bench.rerank import main as bench
 
     assert bench(["--queries", "2", "--candidates", "8", "--window", "4", "--stride", "2", "--passage-tokens", "6",
                   "--hidden", "32", "--layers", "1"]) == 0
@@ -183,7 +183,7 @@ def test_bench_rerank_openai_backend_against_loopback_server(capsys):
     """`lrt bench rerank --backends hf,openai`: the same windows through the loopback server, labelled CPU."""
     import json
 
-    from lrt.bench.rerank import main as bench
+    from lrt.cli.bench.rerank import main as bench
 
     assert bench(["--queries", "2", "--candidates", "6", "--window", "4", "--stride", "2", "--passage-tokens", "6",
                   "--hidden", "32", "--layers", "1", "--modes", "first_token", "--backends", "hf,openai"]) == 0

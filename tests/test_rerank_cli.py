@@ -13,7 +13,7 @@ from lrt.data.prompts import PromptTemplate
 from lrt.errors import DataError
 from lrt.io.trec import read_run
 from lrt.rerank import RerankerMeta
-from lrt.rerank_cli import main
+from lrt.cli.rerank import main
 
 DOCS = {q: [f"{q}d{i}" for i in range(1, 9)] for q in ("q1", "q2")}
 

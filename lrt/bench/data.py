@@ -11,7 +11,6 @@ English, but a 150k-vocab tokenizer's own speed differs). Two processes use a fo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -20,6 +19,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -201,8 +201,9 @@ def startup_recipe(inputs: dict[str, str], out: str, cache: bool, cache_dir: str
     return recipe_from_dict(raw, [])
 
 
-def _startup_worker(a: argparse.Namespace) -> int:
-    """One rank of one measurement; writes its JSON record to a.result.rank{R}.json."""
+def startup_worker(mode: str, inputs: dict[str, str], out: str, result: str, cache_dir: str | None) -> int:
+    """One rank of one measurement (a fresh process: `_launch_startup`); writes its JSON record to
+    {result}.rank{R}.json."""
     import gc
 
     import torch  # noqa: F401 - imported before the first RSS reading, as in training
@@ -210,14 +211,13 @@ def _startup_worker(a: argparse.Namespace) -> int:
 
     from lrt.train.dist import DistEnv
 
-    inputs = json.loads(a.inputs)
     env = DistEnv.setup(use_deepspeed=False)
-    r = startup_recipe(inputs, a.out, a.worker == "cached", a.cache_dir)
+    r = startup_recipe(inputs, out, mode == "cached", cache_dir)
     # code and libraries are not the rows: import what the path runs, and load the tokenizer once, first
     import lrt.data.collate  # noqa: F401
     import lrt.modeling
     import lrt.train.data  # noqa: F401
-    if a.worker == "cached":
+    if mode == "cached":
         import pyarrow  # noqa: F401
 
         import lrt.data.cache  # noqa: F401
@@ -227,7 +227,7 @@ def _startup_worker(a: argparse.Namespace) -> int:
     before = _rss()
     env.barrier()
     t0 = time.perf_counter()
-    if a.worker == "legacy":  # today's path, exactly as Trainer.__init__ ran it before the cache
+    if mode == "legacy":  # today's path, exactly as Trainer.__init__ ran it before the cache
         from lrt.data.collate import identifier_token_ids
         from lrt.modeling import load_tokenizer
         from lrt.train.data import encode_all, load_split, prompt_template
@@ -249,12 +249,12 @@ def _startup_worker(a: argparse.Namespace) -> int:
     gc.collect()
     after = _rss()
     n_tokens = sum(len(rows[i]["input_ids"]) for i in range(min(len(rows), 200)))  # touch a few rows
-    rec = {"mode": a.worker, "rank": env.rank, "world": env.world, "lists": len(rows), "seconds": round(sec, 3),
+    rec = {"mode": mode, "rank": env.rank, "world": env.world, "lists": len(rows), "seconds": round(sec, 3),
            "rss_growth_mb": round((after["VmRSS"] - before["VmRSS"]) / 2**20, 1),
            "anon_growth_mb": round((after["RssAnon"] - before["RssAnon"]) / 2**20, 1),
            "peak_growth_mb": round((after["peak"] - before["VmRSS"]) / 2**20, 1),
            "tokens_first_200": n_tokens}
-    with open(f"{a.result}.rank{env.rank}.json", "w", encoding="utf-8") as fh:
+    with open(f"{result}.rank{env.rank}.json", "w", encoding="utf-8") as fh:
         json.dump(rec, fh)
     del keep
     env.barrier()
@@ -272,8 +272,9 @@ def _launch_startup(mode: str, procs: int, inputs: dict[str, str], out: str, cac
             "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
     if pythonpath:
         env0["PYTHONPATH"] = pythonpath
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--inputs", json.dumps(inputs), "--out", out,
-           "--result", result] + (["--cache-dir", cache_dir] if cache_dir else [])
+    # this file run as a script (not `-m`): with --legacy-src, PYTHONPATH puts another checkout's lrt under it
+    cmd = [sys.executable, os.path.abspath(__file__),
+           json.dumps({"mode": mode, "inputs": inputs, "out": out, "result": result, "cache_dir": cache_dir})]
     ps = [subprocess.Popen(cmd, env={**env0, "RANK": str(k), "LOCAL_RANK": str(k)}, cwd=pythonpath or None)
           for k in range(procs)]
     codes = [p.wait() for p in ps]
@@ -286,7 +287,7 @@ def _launch_startup(mode: str, procs: int, inputs: dict[str, str], out: str, cac
     return recs
 
 
-def bench_startup(a: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_startup(a: Options) -> list[dict[str, Any]]:
     import shutil
     import tempfile
     from pathlib import Path
@@ -329,35 +330,31 @@ def startup_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lrt bench data", description=__doc__.split("\n\n")[0])
-    p.add_argument("--settings", default=",".join(SETTINGS), help="comma list of: " + ", ".join(SETTINGS))
-    p.add_argument("--examples", type=int, default=48, help="lists per measurement")
-    p.add_argument("--words", type=int, default=60, help="words per passage")
-    p.add_argument("--procs", default="1,2", help="process counts to measure")
-    p.add_argument("--repeats", type=int, default=2, help="best-of repeats per measurement")
-    p.add_argument("--no-encode-all", action="store_true", help="skip the datasets.map (encode_all) measurement")
-    p.add_argument("--no-table", action="store_true")
-    g = p.add_argument_group("start-up (--startup): RSS per rank and start-up time, first run vs cached")
-    g.add_argument("--startup", action="store_true", help="measure the training data start-up instead of throughput")
-    g.add_argument("--lists", type=int, default=1000, help="synthetic FIRST lists (20 passages each)")
-    g.add_argument("--modes", default="legacy,cached", help="legacy (in-memory, no cache) and/or cached")
-    g.add_argument("--workdir", default=None, help="where the data, model and caches go (default: a temp dir)")
-    g.add_argument("--first-at", default=None, help="process counts whose first (uncached) start is measured "
-                   "(default: all); the others start from the cache an earlier measurement built")
-    g.add_argument("--legacy-src", default=None, help="run the legacy path from another checkout (e.g. a git worktree of the old code)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+@dataclass
+class Options:
+    """`lrt bench data` flags (`lrt.cli.bench.data`)."""
+
+    settings: str = ",".join(SETTINGS)  # comma list of SETTINGS
+    examples: int = 48  # lists per measurement
+    words: int | None = None  # words per passage (None: 60, or 100 with `startup`: ~2.5k tokens per 20-passage list)
+    procs: str = "1,2"  # process counts to measure
+    repeats: int = 2  # best-of repeats per measurement
+    no_encode_all: bool = False  # skip the datasets.map (encode_all) measurement
+    no_table: bool = False
+    startup: bool = False  # measure the training data start-up instead of throughput
+    lists: int = 1000  # start-up: synthetic FIRST lists (20 passages each)
+    modes: str = "legacy,cached"  # start-up: legacy (in-memory, no cache) and/or cached
+    workdir: str | None = None  # start-up: where the data, model and caches go (None: a temp dir)
+    first_at: str | None = None  # start-up: process counts whose first (uncached) start is measured (None: all)
+    legacy_src: str | None = None  # start-up: run the legacy path from another checkout
+
+
+def run(a: Options) -> int:
+    """Throughput of the settings (or, with `startup`, the data start-up); JSON records, then a table."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # single calls; avoids the post-fork warning
-    if a.worker:
-        return _startup_worker(a)
+    if a.words is None:
+        a.words = 100 if a.startup else 60
     if a.startup:
-        if a.words == 60 and "--words" not in (argv or sys.argv):
-            a.words = 100  # ~2.5k tokens per 20-passage list
         recs = bench_startup(a)
         if not a.no_table:
             print()
@@ -378,5 +375,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # one rank of `_launch_startup`: argv[1] is startup_worker's arguments as JSON
+    sys.exit(startup_worker(**json.loads(sys.argv[1])))

@@ -15,11 +15,11 @@ two sides disagree (relative difference of the summed loss >= 1e-4).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -290,14 +290,19 @@ def _median_run(fn: Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor
     return statistics.median(t for t, _ in runs), runs[-1][1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lrt bench losses", description=__doc__.splitlines()[0])
-    ap.add_argument("--b", type=int, default=32)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--reps", type=int, default=10, help="timed repetitions of the vectorised loss (median)")
-    ap.add_argument("--loop-reps", type=int, default=1, help="repetitions of the loop reference (median)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (shared machine: default 1)")
-    args = ap.parse_args(argv)
+@dataclass
+class Options:
+    """`lrt bench losses` flags (`lrt.cli.bench.losses`)."""
+
+    b: int = 32  # lists
+    n: int = 100  # candidates per list
+    reps: int = 10  # timed repetitions of the vectorised loss (median)
+    loop_reps: int = 1  # repetitions of the loop reference (median)
+    threads: int = 1  # torch threads (shared machine: default 1)
+
+
+def run(args: Options) -> int:
+    """Time every ranking loss against its loop reference; 1 if one is < 10x faster or they disagree."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

@@ -25,13 +25,13 @@ where prefill dominates and FIRST reports a 21-50 % saving (see the README/repor
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def time_mode(rr: Any, queries: list, mode: str, repeats: int) -> dict[str, Any]
     }
 
 
-def bench_openai(a: argparse.Namespace, path: str | Path, rr: Any, modes: list[str]) -> dict[str, dict[str, Any]]:
+def bench_openai(a: Options, path: str | Path, rr: Any, modes: list[str]) -> dict[str, dict[str, Any]]:
     """Time first_token/generate through `Reranker.from_openai` against the loopback server
     running `rr.model` (same weights, same prompts)."""
     from lrt.rerank import Reranker
@@ -117,33 +117,31 @@ def bench_openai(a: argparse.Namespace, path: str | Path, rr: Any, modes: list[s
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lrt bench rerank", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="exported model dir (default: a random tiny Llama)")
-    p.add_argument("--queries", type=int, default=8)
-    p.add_argument("--candidates", type=int, default=100)
-    p.add_argument("--window", type=int, default=20)
-    p.add_argument("--stride", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--passage-tokens", type=int, default=64, help="synthetic passages are cut to this many tokens")
-    p.add_argument("--hidden", type=int, default=256, help="tiny model width")
-    p.add_argument("--layers", type=int, default=4, help="tiny model depth")
-    p.add_argument("--modes", default="first_token,generate,full")
-    p.add_argument("--backends", default="hf",
-                   help="hf and/or openai (the loopback server running the same model; modes first_token, generate)")
-    p.add_argument("--concurrency", type=int, default=4, help="openai backend: parallel requests")
-    p.add_argument("--base-url", default=None,
-                   help="openai backend: a real server's API root (e.g. vLLM at http://127.0.0.1:8000/v1) serving "
-                        "--model, instead of the loopback server")
-    p.add_argument("--served-model", default=None, help="with --base-url: the served model name")
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    return p
+@dataclass
+class Options:
+    """`lrt bench rerank` flags (`lrt.cli.bench.rerank`)."""
+
+    model: str | None = None  # exported model dir (None: a random tiny Llama)
+    queries: int = 8
+    candidates: int = 100
+    window: int = 20
+    stride: int = 10
+    batch_size: int = 8
+    passage_tokens: int = 64  # synthetic passages are cut to this many tokens
+    hidden: int = 256  # tiny model width
+    layers: int = 4  # tiny model depth
+    modes: str = "first_token,generate,full"
+    backends: str = "hf"  # hf and/or openai
+    concurrency: int = 4  # openai backend: parallel requests
+    base_url: str | None = None  # openai backend: a real server's API root serving `model`
+    served_model: str | None = None  # with base_url: the served model name
+    repeats: int = 1
+    device: str | None = None
+    seed: int = 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+def run(a: Options) -> int:
+    """Time each mode (and backend); JSON records and a summary on stdout, the table on stderr."""
     from lrt.rerank import MODES, Reranker
 
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
@@ -214,7 +212,3 @@ def _table(rows: dict[str, dict[str, Any]], ratios: dict[str, float], what: str)
                      f"{r['generated_tokens_per_query']:>9} {r['ms_per_query']:>9.1f}")
     lines.append("ratios: " + ", ".join(f"{k} = {v}x" for k, v in ratios.items()))
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,11 +18,11 @@ This module also holds the model presets and the recipe builder the GPU checks s
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,28 +163,27 @@ def run_throughput(arch: str, seq: int, batch: int, steps: int, warmup: int, pea
     }
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lrt bench throughput", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="qwen2-1.5b", choices=sorted(ARCHS))
-    p.add_argument("--seq", type=int, default=4096)
-    p.add_argument("--batch", type=int, default=1, help="lists per step (each of --seq tokens)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flash_attention_2"],
-                   help="auto: flash_attention_2 when flash-attn and CUDA are there, else sdpa")
-    p.add_argument("--peak-tflops", type=float, default=H100_H200_BF16_DENSE_TFLOPS,
-                   help="dense bf16 peak the MFU divides by (default: H100/H200 SXM datasheet)")
-    p.add_argument("--json", default=None, help="also write the record to this file")
-    p.add_argument("--allow-cpu", action="store_true", help="run on CPU too (a smoke run; its MFU means nothing)")
-    return p.parse_args(argv)
+@dataclass
+class Options:
+    """`lrt bench throughput` flags (`lrt.cli.bench.throughput`)."""
+
+    arch: str = "qwen2-1.5b"  # a key of ARCHS
+    seq: int = 4096
+    batch: int = 1  # lists per step (each of `seq` tokens)
+    steps: int = 5  # timed steps
+    warmup: int = 2
+    attn: str = "auto"  # auto: flash_attention_2 when flash-attn and CUDA are there, else sdpa
+    peak_tflops: float = H100_H200_BF16_DENSE_TFLOPS  # dense bf16 peak the MFU divides by
+    json: str | None = None  # also write the record to this file
+    allow_cpu: bool = False  # run on CPU too (a smoke run; its MFU means nothing)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(a: Options) -> int:
+    """Time the step, print the JSON record and the one-line summary; 2 without CUDA (unless allow_cpu)."""
     import tempfile
 
     import torch
 
-    a = parse_args(list(sys.argv[1:] if argv is None else argv))
     if not torch.cuda.is_available() and not a.allow_cpu:
         print(f"error: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): "
               "the throughput figure is a GPU measurement; pass --allow-cpu for a smoke run", file=sys.stderr)
@@ -204,7 +203,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{rec['tokens_per_s_per_gpu']:.0f} tokens/s/GPU, MFU {rec['mfu_pct']:.1f} % of {rec['peak_tflops']} TFLOP/s "
           f"(torchtitan Llama 3.1 8B on 8xH100: 5,762 tokens/s/GPU, 33-39 % MFU)", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,6 @@ repeats so machine noise hits all of them.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -37,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +327,7 @@ def _spawn(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run one variant in a fresh interpreter; its last stdout line is the JSON result."""
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    p = subprocess.run([sys.executable, "-m", "lrt.bench.train_step", "--worker", json.dumps(cfg)],
+    p = subprocess.run([sys.executable, "-m", "lrt.bench.train_step", json.dumps(cfg)],
                        capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"bench worker {cfg['variant']}/{cfg['setting']} failed ({p.returncode}):\n{p.stderr[-4000:]}")
@@ -426,41 +426,35 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lrt bench train-step", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", default="first,fullrank", help="comma list of: " + ", ".join(SETTINGS))
-    p.add_argument("--vocab", type=int, default=151_936)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--intermediate", type=int, default=1024)
-    p.add_argument("--seq", type=int, default=4096)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--chunk-size", type=int, default=None, help="lm loss chunk_size (default: the objective's default)")
-    p.add_argument("--untie", action="store_true", help="separate LM head (default: tied, like small Qwen models)")
-    p.add_argument("--naive-ce", choices=["targets", "full"], default="targets",
-                   help="naive LM loss: CE of target rows of the full logits, or log_softmax over all of them (FIRST code)")
-    p.add_argument("--grad-ckpt", default="off,on", help="gradient checkpointing: comma list of off, on")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
-    p.add_argument("--first-ids", type=int, default=None, help="override the FIRST window (20)")
-    p.add_argument("--fullrank-ids", type=int, default=None, help="override the fullrank window (100)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per worker")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per worker")
-    p.add_argument("--repeats", type=int, default=1, help="workers per variant, alternating the order")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: bf16 weights and autocast (train.precision=bf16), as the shipped GPU recipes")
-    p.add_argument("--no-table", action="store_true")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+@dataclass
+class Options:
+    """`lrt bench train-step` flags (`lrt.cli.bench.train_step`)."""
+
+    settings: str = "first,fullrank"  # comma list of SETTINGS
+    vocab: int = 151_936
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 1024
+    seq: int = 4096
+    batch: int = 1
+    chunk_size: int | None = None  # lm loss chunk_size (None: the objective's default)
+    untie: bool = False  # separate LM head (default: tied, like small Qwen models)
+    naive_ce: str = "targets"  # targets | full: CE of target rows of the full logits, or log_softmax over all
+    grad_ckpt: str = "off,on"  # gradient checkpointing: comma list of off, on
+    variants: str = ",".join(VARIANTS)  # comma list of VARIANTS
+    first_ids: int | None = None  # override the FIRST window (20)
+    fullrank_ids: int | None = None  # override the fullrank window (100)
+    steps: int = 3  # timed steps per worker
+    warmup: int = 1  # untimed warm-up steps per worker
+    repeats: int = 1  # workers per variant, alternating the order
+    threads: int = 0  # torch threads (0: torch default)
+    precision: str = "fp32"  # fp32 | bf16 (bf16 weights and autocast, as the shipped GPU recipes)
+    no_table: bool = False
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(list(sys.argv[1:] if argv is None else argv))
-    if a.worker is not None:
-        print(json.dumps(run_variant(json.loads(a.worker))), flush=True)
-        return 0
+def run(a: Options) -> int:
+    """Every setting x gradient-checkpointing x variant in fresh workers; JSON records, then a table."""
     gcs = [g.strip() for g in a.grad_ckpt.split(",") if g.strip()]
     settings = [s.strip() for s in a.settings.split(",") if s.strip()]
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
@@ -496,5 +490,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # one worker of `_spawn`: argv[1] is the JSON config, the last stdout line the result
+    print(json.dumps(run_variant(json.loads(sys.argv[1]))), flush=True)

@@ -11,14 +11,12 @@ loader and is not done here.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lrt import __version__
 from lrt.data.schema import ListwiseExample
@@ -31,7 +29,7 @@ from lrt.prep.teachers import Teacher, stable_hash
 from lrt.prep.windows import build_labels, passes_needed
 
 log = logging.getLogger("lrt.prep")
-__all__ = ["JobCfg", "load_job", "run_shard", "make_teacher", "import_source", "main", "merge"]
+__all__ = ["JobCfg", "load_job", "run_shard", "make_teacher", "import_source", "merge"]
 merge = output.merge
 
 
@@ -262,55 +260,3 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
     if num_shards == 1:
         output.merge(out)
     return card
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lrt prep", description="Run a data-prep job, or `lrt prep merge OUT_DIR`.")
-    ap.add_argument("job", help="job YAML (see data_prep/)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher.model=gpt-4o labels.mode=full_repass")
-    ap.add_argument("--num-shards", type=int, default=1)
-    ap.add_argument("--shard-id", type=int, default=0)
-    ap.add_argument("--force", action="store_true", help="redo a finished shard")
-    ap.add_argument("--check", action="store_true", help="validate the job and print it; run nothing")
-    return ap
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 job/data error (one clear message), 3 some queries failed (re-run to retry)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        if argv[:1] == ["merge"]:
-            if len(argv) == 2 and argv[1] in ("-h", "--help"):
-                print("usage: lrt prep merge OUT_DIR\n\nMerge the finished shards of a sharded prep job in OUT_DIR "
-                      "into one dataset (run once every `--shard-id` has finished).")
-                return 0
-            if len(argv) != 2:
-                raise LrtError("usage: lrt prep merge OUT_DIR")
-            print(output.merge(argv[1]))
-            return 0
-        args = _parser().parse_intermixed_args(argv)
-        cfg = load_job(args.job, args.overrides)
-        check_job(cfg)
-        if args.check:
-            print(cfg.model_dump_json(indent=2))
-            return 0
-        card = run_shard(cfg, num_shards=args.num_shards, shard_id=args.shard_id, force=args.force)
-    except LrtError as e:
-        print(f"lrt prep: error: {e}", file=sys.stderr)
-        return 2
-    c = card["counts"]
-    print(f"{card['job']} shard {args.shard_id}/{args.num_shards}: {c.get('rows_written', 0)} rows, "
-          f"{c.get('calls', 0)} window calls ({c.get('cache_hits', 0)} cached), "
-          f"{c.get('invalid_responses', 0)} repaired, {c.get('skipped_rows', 0)} skipped -> {cfg.output.dir}")
-    if card["failed_queries"]:
-        print(f"lrt prep: {len(card['failed_queries'])} queries failed after retries "
-              f"(e.g. {card['failed_examples']}); re-run the same command to retry only their missing windows",
-              file=sys.stderr)
-        return 3
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -283,7 +283,7 @@ def universal_checkpoint(ckpt_dir: Path) -> Path:
     """DeepSpeed's universal form of `ckpt_dir/ds` (converted once, with DeepSpeed's own
     `ds_to_universal`, into `checkpoints/universal/step-N/ds`), which loads on any number of
     processes. Rank 0 only; atomic (converted into a tmp dir, then renamed)."""
-    import argparse
+    from types import SimpleNamespace  # ds_to_universal reads its options as attributes
 
     out = ckpt_dir.parent / "universal" / ckpt_dir.name
     if (out / "ds" / "zero").is_dir():
@@ -294,9 +294,9 @@ def universal_checkpoint(ckpt_dir: Path) -> Path:
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
     log.info("converting %s to a DeepSpeed universal checkpoint (another number of processes)", ckpt_dir)
-    ds_to_universal(argparse.Namespace(input_folder=str(ckpt_dir / "ds"), output_folder=str(tmp / "ds"),
-                                       num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
-                                       strict=True, inject_missing_state=True))
+    ds_to_universal(SimpleNamespace(input_folder=str(ckpt_dir / "ds"), output_folder=str(tmp / "ds"),
+                                    num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                    strict=True, inject_missing_state=True))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -7,7 +7,6 @@ stream of collated micro-batches (inline, or in DataLoader workers with pinned m
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import dataclass, field
@@ -430,33 +429,3 @@ def ensure_encoded(root: Path, train: Any, tok: Any, params: dict[str, Any], enc
             return None
         log.info("data cache: %d lists tokenised in %.1fs -> %s", len(train), time.perf_counter() - t0, d)
     return cache.open_encoded(d)
-
-
-# ---- `lrt prep tokenize` -------------------------------------------------------------------------
-def tokenize_main(argv: Sequence[str]) -> int:
-    """Build the tokenised cache of a recipe ahead of training (optionally one contiguous shard)."""
-    from lrt.config import load_recipe
-    from lrt.train.dist import DistEnv
-    from lrt.train.objective import Objective
-
-    p = argparse.ArgumentParser(prog="lrt prep tokenize", description=tokenize_main.__doc__)
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, as for lrt train")
-    p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--shard-id", type=int, default=0)
-    a = p.parse_intermixed_args(list(argv))
-    if a.num_shards < 1 or not 0 <= a.shard_id < a.num_shards:
-        raise LrtError(f"--shard-id {a.shard_id} --num-shards {a.num_shards}: need 0 <= shard-id < num-shards")
-    r = load_recipe(a.recipe, a.overrides)
-    if not r.data.cache:
-        raise LrtError("data.cache is false in this recipe: there is no cache to build (drop data.cache=false)")
-    env = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-    d = prepare_data(r, env, Objective.from_recipe(r), shard=(a.num_shards, a.shard_id) if a.num_shards > 1 else None)
-    where = cache_root(r)
-    if d.rows is None:
-        print(f"tokenised shard {a.shard_id}/{a.num_shards} -> {where} (the cache completes when every shard is done)")
-    else:
-        print(f"tokenised cache ready: {len(d.rows)} lists -> {where}")
-    return 0
-
-

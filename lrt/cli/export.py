@@ -5,7 +5,6 @@ import argparse
 from pathlib import Path
 
 from lrt.errors import LrtError
-from lrt.export import export_run, push_to_hub
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                    "one-output sequence classifier (score row = W[yes] - W[no]) whose chat template renders "
                    "(query, passage) pairs, for sentence-transformers' CrossEncoder and vLLM's score API")
     a = p.parse_args(argv)
+    from lrt.export import export_run, push_to_hub
+
     src = Path(a.run_dir)
     if a.push_to_hub:  # before anything is written: a bad repo id must not leave a half-used export
         from lrt.export import check_repo_id

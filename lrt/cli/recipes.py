@@ -14,34 +14,12 @@ that feeds it, copied into one folder, still meet.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
 from pathlib import Path
 
-from lrt.configio import RESOURCES, read_mapping
+from lrt.configio import RESOURCES
 from lrt.errors import LrtError
-
-KINDS = {"recipes": "recipe", "data_prep": "prep job", "launch": "launch file"}
-
-
-def shipped() -> dict[str, Path]:
-    """name -> file, for every shipped recipe (`first-mistral-7b`), prep job and launch file."""
-    out: dict[str, Path] = {}
-    for folder in KINDS:
-        for p in sorted((RESOURCES / folder).glob("*")):
-            if p.is_file() and p.suffix in (".yaml", ".json", ".sh", ".sbatch"):
-                out.setdefault(p.stem if p.suffix == ".yaml" else p.name, p)
-    return out
-
-
-def _summary(p: Path) -> str:
-    """First comment line of a shipped file."""
-    for line in p.read_text(encoding="utf-8").splitlines():
-        s = line.strip()
-        if s.startswith("#") and not s.startswith("#!") and not s.startswith("# Paths:"):
-            return s.lstrip("# ").strip()
-    return ""
+from lrt.recipes import KINDS, rewrite, shipped, summary
 
 
 def list_(argv: list[str]) -> int:
@@ -50,38 +28,9 @@ def list_(argv: list[str]) -> int:
         print(f"{kind}s ({RESOURCES / folder}):")
         for name, p in by.items():
             if p.parent.name == folder:
-                print(f"  {name:<32} {_summary(p)[:90]}")
+                print(f"  {name:<32} {summary(p)[:90]}")
     print("copy one: lrt recipes copy NAME DEST   (e.g. lrt recipes copy first-mistral-7b ./my.yaml)")
     return 0
-
-
-def rewrite(src: Path) -> str:
-    """The text of shipped `src` with its relative path values re-anchored for a copy (comments kept)."""
-    from lrt.config import PATH_FIELDS as RECIPE_PATHS
-    from lrt.prep.config import PATH_FIELDS as JOB_PATHS
-
-    text = src.read_text(encoding="utf-8")
-    if src.suffix != ".yaml":
-        return text
-    fields = JOB_PATHS if src.parent.name == "data_prep" else RECIPE_PATHS
-    raw = read_mapping(src, "recipe", "...")
-    for dotted, kind in fields.items():
-        node = raw
-        for k in dotted.split("."):
-            node = node.get(k) if isinstance(node, dict) else None
-        if not isinstance(node, str) or not node or node.startswith("lrt:") or os.path.isabs(node):
-            continue
-        if kind == "resume" and node in ("none", "auto"):
-            continue
-        target = os.path.normpath(os.path.join(str(src.parent), node))
-        if kind == "maybe_hub" and not (node.startswith(".") or os.path.exists(target)):
-            continue  # a hub id
-        rel = os.path.relpath(target, str(RESOURCES))
-        if rel.startswith(".."):
-            raise LrtError(f"{src}: {dotted}={node!r} points outside the shipped resources")
-        new = f"lrt:resources/{rel}" if os.path.exists(target) else rel
-        text = re.sub(rf"(:\s*)['\"]?{re.escape(node)}['\"]?(?=\s|$)", lambda m: m.group(1) + new, text)
-    return text
 
 
 def copy(argv: list[str]) -> int:

@@ -49,7 +49,7 @@ def test_main_reproduces_published_ndcg10(data: Path, run: str, qrels: str, expe
 
 def test_subprocess_cli(data: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "lrt.evaluate", "--qrels", str(data / "qrels.dl19-passage.txt"),
+        [sys.executable, "-m", "lrt.cli", "eval", "--qrels", str(data / "qrels.dl19-passage.txt"),
          "--run", str(data / PUBLISHED[0][0]), "--measures", "nDCG@10,RR(rel=2)@10"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -224,7 +224,7 @@ def test_missing_api_key_env_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def _job_cmd(job: Path) -> list[str]:
-    return [sys.executable, "-m", "lrt.prep.job", str(job)]
+    return [sys.executable, "-m", "lrt.cli", "prep", str(job)]
 
 
 def test_sigkill_and_resume_repeats_no_answered_window(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from lrt.card import card_text, read_metrics
+from lrt.export.card import card_text, read_metrics
 from lrt.cli import main as lrt_main
 from lrt.config import recipe_from_dict
 

@@ -31,7 +31,7 @@ from lrt.config import Recipe, dump_recipe
 from lrt.data.collate import ListwiseCollator
 from lrt.data.schema import ListwiseExample
 from lrt.errors import LrtError
-from lrt.export import save_adapter
+from lrt.train.adapter import save_adapter
 from lrt.modeling import load_model
 from lrt.scoring import unwrap
 from lrt.train import checkpoint as ckpt

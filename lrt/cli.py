@@ -53,7 +53,9 @@ def _validate(argv: list[str]) -> int:
 
         checks = preflight(r, sample=max(1, a.sample), max_unknown_share=a.max_unknown_share)
     terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
-    scoring = "pointwise yes/no pairs" if r.pointwise else f"identifiers {r.identifier_scheme()}"
+    from lrt.families import of_recipe
+
+    scoring = of_recipe(r).validate_text(r)
     print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; {scoring}){rows}")
     if checks is not None:
         for line in checks.lines:
@@ -104,7 +106,7 @@ def _train(argv: list[str]) -> int:
         from lrt.launch import relaunch_torchrun
 
         return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes, recipe.output_dir)
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     res = train(recipe)
     if res.eval_history and int(os.environ.get("RANK", "0")) == 0:
@@ -131,7 +133,7 @@ def _lazy(module: str, fn: str = "main") -> Callable[[list[str]], int]:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "validate": _validate,
     "train": _train,
-    "quickstart": _lazy("lrt.quickstart"),
+    "quickstart": _lazy("lrt.workflows.quickstart"),
     "prep": lambda argv: (_lazy("lrt.train.data", "tokenize_main")(argv[1:]) if argv[:1] == ["tokenize"]
                           else _lazy("lrt.prep.job")(argv)),
     "rerank": _lazy("lrt.rerank_cli"),

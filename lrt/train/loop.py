@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from lrt.config import Recipe, dump_recipe
-from lrt.data.collate import ListwiseCollator
 from lrt.data.schema import ListwiseExample
 from lrt.errors import LrtError
 from lrt.train.adapter import save_adapter
@@ -36,11 +35,12 @@ from lrt.modeling import load_model
 from lrt.scoring import unwrap
 from lrt.train import checkpoint as ckpt
 from lrt.train.data import (MicroBatchStream, StepSampler, batch_to, length_grouping, max_identifiers,
-                            prepare_data)
+                            prepare_family_data)
 from lrt.train.dist import DistEnv
 from lrt.train.metrics import MetricsLogger
-from lrt.train.module import RerankModule, Zero3EvalView
-from lrt.train.objective import Objective
+from lrt.families import of_recipe
+from lrt.objective.module import Zero3EvalView
+from lrt.objective.objective import Objective
 from lrt.train.zero import deepspeed_config, gather_on_rank0, is_partitioned, offloads_optimizer, zero_stage
 
 log = logging.getLogger("lrt")
@@ -118,12 +118,8 @@ class Trainer:
         seed_everything(recipe.train.seed)
         self.objective = Objective.from_recipe(recipe)
         # training rows are read lazily from the tokenised cache (built by rank 0 while the others wait)
-        if recipe.pointwise:  # one sequence per candidate (lrt.train.pointwise)
-            from lrt.train.pointwise import prepare_pointwise_data
-
-            self.data = prepare_pointwise_data(recipe, self.env, self.objective)
-        else:
-            self.data = prepare_data(recipe, self.env, self.objective)
+        self.family = of_recipe(recipe)
+        self.data = prepare_family_data(recipe, self.env, self.objective, self.family)
         self.template = self.data.template
         self.train_examples, self.eval_examples = self.data.train_examples, self.data.eval_examples
         self.tok, self.id_ids = self.data.tok, self.data.id_ids
@@ -136,11 +132,7 @@ class Trainer:
         assert rows is not None
         self.rows = rows
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        self.collate = ListwiseCollator(pad, recipe.data.padding_side)
-        if recipe.pointwise:
-            from lrt.data.pointwise import PointwiseCollator
-
-            self.collate = PointwiseCollator(pad, recipe.data.padding_side, recipe.scoring.negatives, recipe.train.seed)
+        self.collate = self.family.collator(recipe, pad)
         self.sampler = StepSampler(len(rows), recipe.train.per_device_batch_size, recipe.train.grad_accum,
                                    self.env.world, recipe.train.seed, lengths=self.data.lengths,
                                    group=length_grouping(recipe, self.env.world))
@@ -167,13 +159,7 @@ class Trainer:
         if self.zero3 and not self.loaded_partitioned:
             raise LrtError("ZeRO-3: the model did not load partitioned (HfDeepSpeedConfig was not active)")
         self.is_lora = recipe.model.lora is not None
-        self.module = RerankModule(model, self.objective)
-        if recipe.pointwise:
-            from lrt.data.pointwise import yes_no_ids
-            from lrt.train.pointwise import PointwiseModule
-
-            self.module = PointwiseModule(model, self.objective, *yes_no_ids(self.tok, self.template),
-                                          recipe.scoring.pair_batch)
+        self.module = self.family.training_module(model, self.objective, recipe, self.tok, self.template)
         self.ckpt_root = self.out / "checkpoints"
         self._setup_backend()
         self.set_train_mode()  # from_pretrained returns an eval-mode model
@@ -284,25 +270,16 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any] | None:
-        if not self.eval_examples or (self.id_ids is None and not self.r.pointwise):
+        if not self.eval_examples or not self.family.can_evaluate(self.id_ids):
             return None
         ckpt.fault("in_eval", self.step)  # test hook: a signal during an evaluation (step 0: at_start, last: at_end)
-        from lrt.rerank import Reranker
-
         r = self.r
         w = r.eval.window or r.data.window or max(len(e.candidates) for e in self.eval_examples)
         stride = r.eval.stride or max(1, w // 2)
         model = unwrap(self.hf_model)
         if self.zero3:
             model = Zero3EvalView(model)
-        if r.pointwise:  # one sequence per (query, candidate), eval.batch_size pairs per forward
-            from lrt.rerank_pointwise import PointwiseReranker
-
-            rr = PointwiseReranker(model, self.tok, self.template, max_length=r.data.max_length,  # type: ignore[assignment]
-                                   batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
-        else:
-            rr = Reranker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
-                          batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
+        rr = self.family.ranker(model, self.tok, self.template, r, window=w, stride=stride)
         rr.progress_desc = "eval"  # the reranking progress bar's label
         # Every rank takes a slice of the queries and the results are gathered. Under ZeRO-3 each
         # forward is collective (parameters are all-gathered), so ranks must run identical forward
@@ -872,14 +849,3 @@ def eval_qrels(examples: list[ListwiseExample]) -> dict[str, dict[str, float]]:
             n = len(e.ranking)
             out[e.qid] = {d: float(max(0, min(n, 10) + 1 - i)) for i, d in enumerate(e.ranking, 1)}
     return out
-
-
-def train(recipe: Recipe) -> TrainResult:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = Trainer(recipe)
-    try:
-        res = trainer.fit()
-    finally:
-        trainer.release()  # the SIGTERM/SIGUSR1 handlers and the output_dir lock never outlive the run
-    trainer.env.close()  # after a completed run only: a failed rank must not wait on its peers here
-    return res

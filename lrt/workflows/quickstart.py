@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lrt.config import PACKAGE_DIR, load_recipe
 from lrt.errors import LrtError
+from lrt.families import of_recipe
 
 RECIPE = PACKAGE_DIR / "resources" / "recipes" / "quickstart.yaml"
 RECIPES = {"first_token": RECIPE, "pointwise": PACKAGE_DIR / "resources" / "recipes" / "quickstart-pointwise.yaml"}
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         tests["vs_backbone"] = paired_test(trained_q, per_query_ndcg(trainer.first_rankings, qrels))
     shown = all(t["mean_diff"] >= MIN_GAIN and t["p"] < MAX_P for t in tests.values()) and len(tests) == 2
     summary = {
-        "mode": "pointwise" if recipe.pointwise else "first_token",
+        "mode": of_recipe(recipe).name,
         "heldout_queries": len(exported),
         "candidates_per_query": TASK["n_candidates"],
         "nDCG@10_initial_order": round(last[init_key], 4),

@@ -10,6 +10,7 @@ lists that checkpoint's evaluations, never a later step's.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,8 @@ import yaml
 
 from lrt.config import Recipe
 from lrt.export.snippet import usage
+
+log = logging.getLogger("lrt")
 
 PLACEHOLDER = "path/to/this/model"
 JUDGEMENTS = {
@@ -58,26 +61,64 @@ def headline(rec: dict[str, Any]) -> tuple[str | None, str]:
 
 
 def trained_mode(r: Recipe) -> tuple[str, str]:
-    """(lrt.Reranker mode to use, one sentence on what the objective trained)."""
-    scored = [t.name for t in r.loss if t.name != "lm"]  # every non-LM term scores first-token logits
+    """(lrt.Reranker mode to use, one sentence on what the objective trained): the family says it."""
     from lrt.families import of_recipe
 
-    fam = of_recipe(r)
-    if fam.pairs:  # the family says it (lrt.families); the listwise text stays here until the card asks it too
-        return fam.card_mode(r)
-    lm = [t.name for t in r.loss if t.name == "lm"]
-    if scored:
-        s = (f"first-token scoring (FIRST-style): the logits of the first identifier token after `[` score every "
-             f"candidate in one forward pass, trained with {', '.join(scored)}")
-        if lm:
-            s += "; the language-modelling loss also trains it to generate the whole permutation"
-        return "first_token", s + "."
-    s = ("listwise generation: it writes the whole permutation (`[B] > [A] > ...`), trained with the "
-         "language-modelling loss on the teacher's permutations")
-    if r.identifier_scheme() in ("alpha", "special"):
-        s += ("; its identifiers are single tokens, so first-token scoring (`mode=\"first_token\"`) also works, "
-              "but it was not trained directly")
-    return "generate", s + "."
+    return of_recipe(r).card_mode(r)
+
+
+def initialisation(r: Recipe) -> tuple[str, list[str]]:
+    """(how the card's first sentence names the start point, the Training section's lines): the weights
+    actually started from (pretrained `name_or_path`, or random weights built from its config with
+    `model.init: from_config`), the config overrides and the tokenizer actually used."""
+    m = r.model
+    tok = m.tokenizer or m.name_or_path
+    over = f" with config overrides {json.dumps(m.config_overrides, sort_keys=True)}" if m.config_overrides else ""
+    lora = f" + LoRA r={m.lora.r}" if m.lora else ""
+    quant = f" (QLoRA {m.quantization.bits}-bit {m.quantization.quant_type})" if m.quantization else ""
+    tok_line = f"- tokenizer: `{tok}`" + ("" if m.tokenizer else " (the model's own)")
+    if m.init == "from_config":
+        return (f"trained with lrt from randomly initialised weights (`model.init: from_config`: the architecture of "
+                f"`{m.name_or_path}`{over}, none of its pretrained weights) with the tokenizer of `{tok}`",
+                [f"- initialisation: random weights (`model.init: from_config`), architecture of `{m.name_or_path}`{over}"
+                 + lora, tok_line])
+    first = f"fine-tuned with lrt from `{m.name_or_path}`" + (f" (pretrained weights{over})" if over else "")
+    if m.tokenizer:
+        first += f" with the tokenizer of `{m.tokenizer}`"
+    base = f"- base model: `{m.name_or_path}`" + (f" (pretrained weights{over})" if over else "") + lora + quant
+    return first, [base, tok_line]
+
+
+def passage_stats(run_dir: Path) -> dict[str, Any] | None:
+    """The per-passage truncation the run recorded (`run_summary.json` `passages`), or None: the card
+    reports only what the run measured."""
+    f = Path(run_dir) / "run_summary.json"
+    try:
+        s = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s); the model card omits the passage statistics", f, e)
+        return None
+    ps = s.get("passages") if isinstance(s, dict) else None
+    return ps if isinstance(ps, dict) and ps else None
+
+
+def passage_line(ps: dict[str, Any], r: Recipe) -> str | None:
+    """`- passages: 22000 (all); tokens per passage p50 61, p95 140; 57.8% cut at prompt.max_passage_tokens=48`,
+    with only the figures the run recorded."""
+    parts = []
+    n, sampled = ps.get("passages"), ps.get("sampled")
+    if n is not None:
+        parts.append(f"{n} training passages" + ("" if sampled is None else " (all)" if sampled == n
+                                                 else f" ({sampled} sampled)"))
+    toks = [f"p{q} {ps[f'tokens_p{q}']}" for q in (50, 95) if ps.get(f"tokens_p{q}") is not None]
+    if toks:
+        parts.append("tokens per passage " + ", ".join(toks))
+    if isinstance(ps.get("cut_share"), (int, float)):
+        parts.append(f"{100 * ps['cut_share']:.1f}% cut at prompt.max_passage_tokens="
+                     f"{ps.get('max_passage_tokens', r.prompt.max_passage_tokens)}")
+    return "- passages: " + "; ".join(parts) if parts else None
 
 
 def _hub_id(s: str | None) -> str | None:
@@ -121,12 +162,16 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
         evals = [by_step[s] for s in sorted(by_step)]
     at = train_recs[-1] if train_recs else {}
     exported_eval = evals[-1] if evals else None  # at the exported step, else the latest before it
-    mode, mode_text = trained_mode(r)
+    from lrt.families import of_recipe
+
+    family = of_recipe(r)
+    mode, mode_text = family.card_mode(r)
     name = run_dir.name
-    base = _hub_id(r.model.name_or_path)
+    # a model built from a config (random weights) is not a fine-tune of the Hub model it borrows the shape of
+    base = _hub_id(r.model.name_or_path) if r.model.init == "pretrained" else None
+    start, init_lines = initialisation(r)
     datasets = [d for d in dict.fromkeys(filter(None, (_hub_id(r.data.train), _hub_id(r.eval.data or r.data.eval))))]
-    tags = ["lrt", "reranker", "pointwise-reranking" if mode == "pointwise" else "listwise-reranking", "learning-to-rank"]
-    tags += [{"first_token": "first-token-scoring", "generate": "listwise-generation"}[mode]] if mode != "pointwise" else []
+    tags = family.card_tags(mode)
     tags += [t.name for t in r.loss if t.name not in tags]
     if r.model.lora:
         tags.append("lora")
@@ -150,11 +195,11 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
                 metrics.append({"type": "ndcg_at_10", "value": round(init, 4),
                                 "name": "nDCG@10 of the initial (first-stage) order, same queries", "verified": False})
             front["model-index"] = [{"name": name, "results": [{
-                "task": {"type": "text-ranking", "name": "Listwise passage reranking"}, "dataset": ds, "metrics": metrics}]}]
+                "task": {"type": "text-ranking", "name": f"{family.card_kind.capitalize()} passage reranking"}, "dataset": ds, "metrics": metrics}]}]
     w = meta.get("window") or r.eval.window or r.data.window
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {name}", "",
-             f"A {'pointwise' if mode == 'pointwise' else 'listwise'} reranker fine-tuned with lrt from `{r.model.name_or_path}`"
-             + (f" (LoRA r={r.model.lora.r}, merged)" if r.model.lora else "") + ".", "",
+             f"A {family.card_kind} reranker {start}" + (f" (LoRA r={r.model.lora.r}, merged)" if r.model.lora else "")
+             + ".", "",
              f"**Reranking mode trained:** {mode_text} Rerank with `mode=\"{mode}\"`.", "",
              "## Which weights", "",
              f"- exported from: {source}" + (f" (step {step})" if step is not None and f"step {step})" not in source else ""),
@@ -167,10 +212,10 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
                   "The initial order is the candidates' order in the data (the first stage).", ""]
     lines += eval_table(evals, step if step is not None else (evals[-1].get("step") if evals else None)) + [""]
     loss = {k: round(v, 5) for k, v in at.items() if k.startswith("loss") and isinstance(v, float)}
-    lines += ["## Training", "",
-              f"- base model: `{r.model.name_or_path}`" + (f" + LoRA r={r.model.lora.r}" if r.model.lora else "")
-              + (f" (QLoRA {r.model.quantization.bits}-bit {r.model.quantization.quant_type})" if r.model.quantization else ""),
+    ps = passage_stats(run_dir)
+    lines += ["## Training", "", *init_lines,
               f"- training data: `{r.data.train}`" + (f" ({n_lists} lists)" if n_lists is not None else ""),
+              *filter(None, [passage_line(ps, r) if ps else None]),
               "- objective: " + " + ".join(f"{t.weight:g} x {t.name}" + (f" {json.dumps(t.params)}" if t.params else "")
                                            for t in r.loss),
               f"- prompt: preset `{r.prompt.preset}`, identifiers `{r.identifier_scheme()}`, window {w}, "
@@ -179,7 +224,7 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
               f"batch {r.train.per_device_batch_size} per device x {r.train.grad_accum} accumulation, {r.train.precision}",
               f"- training loss at step {at.get('step')} (mean over the last logging interval): {json.dumps(loss)}"
               if at else "- no training records", ""]
-    lines += ["## Usage", ""] + usage(path, mode, meta)
+    lines += ["## Usage", ""] + usage(path, family, mode, meta)
     resolved = run_dir / "recipe.resolved.yaml"
     lines += ["## Training recipe", "", "```yaml",
               (resolved.read_text(encoding="utf-8") if resolved.exists()

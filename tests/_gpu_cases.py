@@ -230,7 +230,7 @@ def qlora_roundtrip(work: Path, arch: str, steps: int = 2) -> dict[str, Any]:
     from lrt.rerank import Reranker
     from lrt.testing.tiny import random_examples
     from lrt.train.data import prompt_template
-    from lrt.train.loop import Trainer
+    from lrt.workflows.run import Run as Trainer  # fit() also exports RUN/final
 
     weights = save_weights(work, arch)
     examples = random_examples(8, 20, seed=5)

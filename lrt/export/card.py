@@ -53,11 +53,12 @@ def read_metrics(run_dir: Path, upto: int | None = None) -> tuple[list[dict[str,
 
 
 def headline(rec: dict[str, Any]) -> tuple[str | None, str]:
-    """(nDCG@10 key, judgement suffix) of an evaluation record."""
-    for sfx in ("", "_candidates", "_teacher"):
-        if f"eval/nDCG@10{sfx}" in rec:
-            return f"eval/nDCG@10{sfx}", sfx
-    return None, ""
+    """(nDCG@10 key, judgement suffix) of an evaluation record: the one headline key the trainer,
+    select_best and the console use (lrt.train.evaluation.headline_keys)."""
+    from lrt.train.evaluation import headline_keys
+
+    key, _ = headline_keys(rec)
+    return (key, key.removeprefix("eval/nDCG@10")) if key else (None, "")
 
 
 def trained_mode(r: Recipe) -> tuple[str, str]:

@@ -34,7 +34,8 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, commit_
     from huggingface_hub.errors import HfHubHTTPError
 
     from lrt.export.card import PLACEHOLDER
-    from lrt.export.dir import one_line, upload_list
+    from lrt.export.dir import upload_list
+    from lrt.io.weights import one_line
 
     folder = Path(folder)
     check_repo_id(repo_id)

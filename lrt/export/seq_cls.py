@@ -26,7 +26,8 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None, o
     from lrt.data.pointwise import PointwiseTemplate, yes_no_ids
     from lrt.rerank import load_export_tokenizer
 
-    from lrt.export.dir import check_destination, check_weights, staged
+    from lrt.export.dir import check_destination, staged
+    from lrt.io.weights import check_weights
 
     src, out = Path(src), Path(out)
     check_destination(out, "seq-cls", overwrite, protect=(src,))

@@ -121,7 +121,7 @@ def check_export(path: str, flag: str = "--model") -> None:
         raise LrtError(f"{flag} {path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}): the export is "
                        "incomplete; re-export with `lrt export RUN_DIR --out DIR`")
     if flag == "--model" and any(Path(path).glob("*.safetensors")):  # hf backend: the weights load here
-        from lrt.export_dir import check_weights
+        from lrt.io.weights import check_weights
 
         check_weights(Path(path))
 

@@ -221,7 +221,7 @@ def startup_worker(mode: str, inputs: dict[str, str], out: str, result: str, cac
         import pyarrow  # noqa: F401
 
         import lrt.data.cache  # noqa: F401
-        import lrt.train.objective  # noqa: F401
+        import lrt.objective.objective  # noqa: F401
     lrt.modeling.load_tokenizer(r)
     gc.collect()
     before = _rss()
@@ -240,7 +240,7 @@ def startup_worker(mode: str, inputs: dict[str, str], out: str, result: str, cac
         keep = (exs, rows)
     else:
         from lrt.train.data import prepare_data
-        from lrt.train.objective import Objective
+        from lrt.objective.objective import Objective
 
         d = prepare_data(r, env, Objective.from_recipe(r))
         rows = d.rows

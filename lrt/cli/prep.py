@@ -85,7 +85,7 @@ def _tokenize(argv: list[str]) -> int:
     from lrt.config import load_recipe
     from lrt.train.data import cache_root, prepare_data
     from lrt.train.dist import DistEnv
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     if a.num_shards < 1 or not 0 <= a.shard_id < a.num_shards:
         raise LrtError(f"--shard-id {a.shard_id} --num-shards {a.num_shards}: need 0 <= shard-id < num-shards")

@@ -1,11 +1,11 @@
-"""`lrt quickstart [--out DIR] [--mode first_token|pointwise]`: the offline demo, end to end (`lrt.quickstart`)."""
+"""`lrt quickstart [--out DIR] [--mode first_token|pointwise]`: the offline demo, end to end (`lrt.workflows.quickstart`)."""
 from __future__ import annotations
 
 import argparse
 
 
 def main(argv: list[str]) -> int:
-    import lrt.quickstart as quickstart
+    import lrt.workflows.quickstart as quickstart
 
     d = quickstart.Options()  # the defaults
     p = argparse.ArgumentParser(prog="lrt quickstart", description=quickstart.__doc__)

@@ -23,15 +23,14 @@ def main(argv: list[str]) -> int:
         from lrt.launch import relaunch_torchrun
 
         return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes, recipe.output_dir)
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     res = train(recipe)
     if res.eval_history and int(os.environ.get("RANK", "0")) == 0:
-        from lrt.train.loop import headline_key
+        from lrt.train.evaluation import headline_keys
 
         last = res.eval_history[-1]
-        key = headline_key(last)  # eval/nDCG@10 (full qrels) or eval/nDCG@10_candidates / _teacher
-        init = key.replace("eval/nDCG@10", "eval/initial_nDCG@10")
+        key, init = headline_keys(last)  # eval/nDCG@10 (full qrels) or eval/nDCG@10_candidates / _teacher
         print(f"{key} {last[key]:.4f} (initial order {last[init]:.4f})")
     if res.final_dir and int(os.environ.get("RANK", "0")) == 0:
         print(f"exported: {res.final_dir}")

@@ -27,7 +27,9 @@ def main(argv: list[str]) -> int:
 
         checks = preflight(r, sample=max(1, a.sample), max_unknown_share=a.max_unknown_share)
     terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
-    scoring = "pointwise yes/no pairs" if r.pointwise else f"identifiers {r.identifier_scheme()}"
+    from lrt.families import of_recipe
+
+    scoring = of_recipe(r).validate_text(r)
     print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; {scoring}){rows}")
     if checks is not None:
         for line in checks.lines:

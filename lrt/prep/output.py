@@ -153,6 +153,7 @@ def merge(out_dir: str | Path) -> Path:
     card = {key: ordered[0][key] for key in ("job", "fingerprint", "provenance", "lrt_version")}
     card.update(shards=k, rows=len(qids), counts=_sum_counts(ordered),
                 failed_queries=[q for c in ordered for q in c.get("failed_queries", [])],
-                files={"data": "data.parquet", "calls": [f"calls/{part_name(i, k)}.parquet" for i in range(k)]})
+                files={"data": "data.parquet", "calls": [f for f in (f"calls/{part_name(i, k)}.parquet" for i in range(k))
+                                                         if (out / f).is_file()]})  # only what was written (call_log)
     write_json(out / "card.json", card)
     return out / "data.parquet"

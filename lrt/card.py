@@ -57,26 +57,10 @@ def headline(rec: dict[str, Any]) -> tuple[str | None, str]:
 
 
 def trained_mode(r: Recipe) -> tuple[str, str]:
-    """(lrt.Reranker mode to use, one sentence on what the objective trained)."""
-    scored = [t.name for t in r.loss if t.name != "lm"]  # every non-LM term scores first-token logits
+    """(lrt.Reranker mode to use, one sentence on what the objective trained): the family says it."""
     from lrt.families import of_recipe
 
-    fam = of_recipe(r)
-    if fam.pairs:  # the family says it (lrt.families); the listwise text stays here until the card asks it too
-        return fam.card_mode(r)
-    lm = [t.name for t in r.loss if t.name == "lm"]
-    if scored:
-        s = (f"first-token scoring (FIRST-style): the logits of the first identifier token after `[` score every "
-             f"candidate in one forward pass, trained with {', '.join(scored)}")
-        if lm:
-            s += "; the language-modelling loss also trains it to generate the whole permutation"
-        return "first_token", s + "."
-    s = ("listwise generation: it writes the whole permutation (`[B] > [A] > ...`), trained with the "
-         "language-modelling loss on the teacher's permutations")
-    if r.identifier_scheme() in ("alpha", "special"):
-        s += ("; its identifiers are single tokens, so first-token scoring (`mode=\"first_token\"`) also works, "
-              "but it was not trained directly")
-    return "generate", s + "."
+    return of_recipe(r).card_mode(r)
 
 
 def _hub_id(s: str | None) -> str | None:

@@ -101,7 +101,9 @@ def usage(path: str, mode: str, meta: dict[str, Any]) -> list[str]:
            "                                                  (\"d2\", \"The lobster roll is a sandwich ...\")])",
            "print(ranked)  # [(docid, score), ...] best first", "```", "",
            f"or `lrt rerank --model {path} --run bm25.trec --queries topics.tsv --corpus corpus.jsonl --out reranked.trec`.", ""]
-    if mode == "pointwise":
+    from lrt.families import of_rerank_mode
+
+    if of_rerank_mode(mode).pairs:  # one sequence per pair: the sequence-classifier route
         return out + [
             "### Plain transformers / sentence-transformers / vLLM",
             f"`lrt export {path} --to-seq-cls --out DIR` writes a one-output `AutoModelForSequenceClassification` "
@@ -196,8 +198,10 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
     name = run_dir.name
     base = _hub_id(r.model.name_or_path)
     datasets = [d for d in dict.fromkeys(filter(None, (_hub_id(r.data.train), _hub_id(r.eval.data or r.data.eval))))]
-    tags = ["lrt", "reranker", "pointwise-reranking" if mode == "pointwise" else "listwise-reranking", "learning-to-rank"]
-    tags += [{"first_token": "first-token-scoring", "generate": "listwise-generation"}[mode]] if mode != "pointwise" else []
+    from lrt.families import of_recipe
+
+    family = of_recipe(r)
+    tags = family.card_tags(mode)
     tags += [t.name for t in r.loss if t.name not in tags]
     if r.model.lora:
         tags.append("lora")
@@ -224,7 +228,7 @@ def card_text(r: Recipe, run_dir: Path, source: str, *, step: int | None = None,
                 "task": {"type": "text-ranking", "name": "Listwise passage reranking"}, "dataset": ds, "metrics": metrics}]}]
     w = meta.get("window") or r.eval.window or r.data.window
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {name}", "",
-             f"A {'pointwise' if mode == 'pointwise' else 'listwise'} reranker fine-tuned with lrt from `{r.model.name_or_path}`"
+             f"A {family.card_kind} reranker fine-tuned with lrt from `{r.model.name_or_path}`"
              + (f" (LoRA r={r.model.lora.r}, merged)" if r.model.lora else "") + ".", "",
              f"**Reranking mode trained:** {mode_text} Rerank with `mode=\"{mode}\"`.", "",
              "## Which weights", "",

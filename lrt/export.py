@@ -397,7 +397,9 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None, o
     src, out = Path(src), Path(out)
     check_destination(out, "seq-cls", overwrite, protect=(src,))
     meta = RerankerMeta.load(src)
-    if meta.mode != "pointwise":
+    from lrt.families import of_meta
+
+    if not of_meta(meta).pairs:
         raise LrtError(f"{src}: a {meta.mode} export; --to-seq-cls converts pointwise (yes/no) models only")
     tok = load_export_tokenizer(src)
     yes, no = yes_no_ids(tok, PointwiseTemplate.from_dict(meta.template))

@@ -29,7 +29,6 @@ from torch import nn
 
 from lrt.config import Recipe, dump_recipe
 from lrt.errors import LrtError
-from lrt.train.adapter import save_adapter
 from lrt.modeling import load_model
 from lrt.scoring import unwrap
 from lrt.train import checkpoint as ckpt

@@ -108,7 +108,7 @@ def code_fingerprint() -> str:
     """The lrt version and the source of the encoder/prompt/schema modules."""
     import importlib
 
-    from lrt import __version__
+    from lrt.version import __version__  # read at call time (a test patches it)
 
     h = hashlib.sha256(f"{__version__}:{FORMAT_VERSION}:{ENCODING_VERSION}".encode())
     for name in _ENCODER_MODULES:

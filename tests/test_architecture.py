@@ -318,3 +318,18 @@ def test_import_graph_helpers_agree_with_import_linter_on_a_known_edge():
     g = import_graph()
     assert "lrt.errors" in g["lrt.configio"] and "lrt.suggest" in g["lrt.configio"]
     assert "lrt.modeling" in g["lrt.train.module"]
+
+
+def test_argparse_lives_in_the_cli_only():
+    """Library modules take arguments, not argv: every parser is in lrt.cli (one module per command)."""
+    bad = []
+    for m, tree in TREES.items():
+        if m == "lrt.cli" or m.startswith("lrt.cli."):
+            continue
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if "argparse" in names:
+                bad.append(f"  {_rel(MODULES[m])}:{node.lineno}")
+    print("\n".join(bad) or "argparse only in lrt.cli")
+    assert not bad, "library modules import argparse (move the parser to lrt/cli/<command>.py):\n" + "\n".join(bad)

@@ -29,6 +29,7 @@ def write_recipe(path, model_dir, data_dir) -> None:
     }))
 
 
+@pytest.mark.slow  # ~24 s
 def test_sigkill_during_save_then_resume_is_bitwise(tiny_model_dir, tiny_data, tmp_path):
     recipe = tmp_path / "r.yaml"
     write_recipe(recipe, tiny_model_dir, tiny_data)

@@ -6,12 +6,12 @@ rerank / evaluate. Heavy modules (torch, transformers) are imported lazily so th
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from lrt.version import __version__
 
 __all__ = ["__version__", "Reranker", "Recipe", "load_recipe", "train"]
 
 
-def __getattr__(name: str):  # lazy: keep `import lrt` cheap
+def __getattr__(name: str):  # PEP 562, lazy: keep `import lrt` cheap (no torch, no config)
     if name == "Reranker":
         from lrt.rerank import Reranker
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Collection, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lrt import configio
+import lrt.configio as configio
 from lrt.configio import PACKAGE_DIR, resolve_path  # noqa: F401  (re-exported: lrt.config.resolve_path)
 from lrt.errors import ConfigError
 

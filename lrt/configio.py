@@ -12,7 +12,6 @@ and is kept as written until it is used (`resolve_path`).
 """
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import typing
@@ -23,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lrt.errors import ConfigError
+from lrt.suggest import did_you_mean as _hint
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES = PACKAGE_DIR / "resources"
@@ -234,9 +234,9 @@ def _brief(v: Any) -> str:
 def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
     """`(did you mean 'a.b'?)`, or the allowed names when nothing is close."""
     options = sorted(set(options))
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    if close:
-        return f" (did you mean {prefix + close[0]!r}?)"
+    hint = _hint(word, options, cutoff=0.5, prefix=prefix)
+    if hint:
+        return hint
     return f"; allowed here: {', '.join(options)}" if options else ""
 
 

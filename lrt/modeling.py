@@ -5,9 +5,10 @@ with a clear message on CPU instead of crashing deep inside transformers.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from lrt.config import Recipe, resolve_path
 from lrt.data.prompts import special_tokens
 from lrt.errors import LrtError
+from lrt.suggest import did_you_mean
 
 log = logging.getLogger("lrt")
 
@@ -101,10 +103,7 @@ def _apply_config_overrides(cfg: Any, overrides: dict[str, Any]) -> None:
     known = set(cfg.to_dict())
     for k in overrides:
         if k not in known:  # a typo would otherwise set an attribute nothing reads
-            import difflib
-
-            close = difflib.get_close_matches(k, sorted(known), n=1)
-            bad.append(f"{k} (not a field of {type(cfg).__name__}" + (f"; did you mean {close[0]!r}?)" if close else ")"))
+            bad.append(f"{k} (not a field of {type(cfg).__name__}{did_you_mean(k, known, style='clause')})")
     if bad:
         raise LrtError(f"model.config_overrides: unknown key(s) {', '.join(bad)}")
     for k, v in overrides.items():
@@ -223,8 +222,6 @@ def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
         return
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
-    from lrt.objective.module import gathered
-
     params = [emb] + ([out.weight] if out is not None and out.weight is not emb else [])
     with gathered(params, modifier_rank=0), torch.no_grad():  # ZeRO-3: edit the full rows, re-partition
         old = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
@@ -278,3 +275,16 @@ def add_neftune(model: nn.Module, alpha: float) -> None:
         return output + torch.zeros_like(output).uniform_(-mag, mag)
 
     emb.register_forward_hook(hook)
+
+
+@contextlib.contextmanager
+def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> Iterator[None]:
+    """Gather ZeRO-3 partitioned parameters for use outside their module (a no-op otherwise);
+    with `modifier_rank`, that rank's edits are broadcast and re-partitioned on exit."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
+            yield
+    else:
+        yield

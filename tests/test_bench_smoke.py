@@ -32,6 +32,7 @@ SMALL = ["--seq", "1024", "--vocab", "2000", "--hidden", "64", "--layers", "2", 
          "--steps", "1", "--warmup", "1", "--chunk-size", "64", "--first-ids", "8", "--fullrank-ids", "10"]
 
 
+@pytest.mark.slow  # ~43 s: a real bench subprocess
 def test_bench_train_step_smoke(capsys):
     """All three variants run the trainer's own model and batches, with checkpointing off and on."""
     rc = bench_main(["train-step", *SMALL, "--settings", "first", "--grad-ckpt", "off,on"])

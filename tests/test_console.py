@@ -40,6 +40,7 @@ def console_run(tiny_model_dir, tiny_data, tmp_path_factory):
     return d / "run", p
 
 
+@pytest.mark.workflow  # the module's console_run is one whole `lrt train` (~13 s)
 def test_start_of_run_summary(console_run):
     run, p = console_run
     err = p.stderr
@@ -65,6 +66,7 @@ def test_start_of_run_summary(console_run):
         assert needle in err, needle
 
 
+@pytest.mark.workflow
 def test_eval_lines_show_initial_order_and_best(console_run):
     run, p = console_run
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval/queries" in x]
@@ -80,6 +82,7 @@ def test_eval_lines_show_initial_order_and_best(console_run):
                                f"{e[key] - init:+.4f}; best {best[key]:.4f} at step {best['step']}) on 6 queries"), line
 
 
+@pytest.mark.workflow
 def test_interval_mean_losses(console_run):
     run, _ = console_run
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -88,6 +91,7 @@ def test_interval_mean_losses(console_run):
     assert all(r["lists"] == 12 for r in train)  # 3 steps x global batch 4
 
 
+@pytest.mark.workflow
 def test_non_tty_progress_is_plain_lines(console_run):
     _, p = console_run
     assert "\r" not in p.stderr  # no tqdm redraws (ours or transformers'/datasets')

@@ -121,9 +121,9 @@ def test_fingerprint_covers_tokenizer_and_code(tiny_model_dir, monkeypatch):
     assert cache.tokenizer_fingerprint(a) != cache.tokenizer_fingerprint(b)
     assert cache.tokenizer_fingerprint(a) != cache.tokenizer_fingerprint(build_tokenizer("zephyr"))
     k = cache.encoded_key("ex", a, {"max_length": 512})
-    import lrt
+    import lrt.version
 
-    monkeypatch.setattr(lrt, "__version__", "999.0")
+    monkeypatch.setattr(lrt.version, "__version__", "999.0")
     assert cache.encoded_key("ex", a, {"max_length": 512}) != k
 
 

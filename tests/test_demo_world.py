@@ -137,6 +137,7 @@ def test_shipped_backbone_passes_the_lookup_gate_now() -> None:
     assert P.accuracy(model, tok, quick, a, 512, "test-fresh-stream") < 0.6
 
 
+@pytest.mark.slow  # ~55 s
 def test_pretraining_script_resumes_bitwise_and_refuses_an_ungated_model(tmp_path: Path) -> None:
     """4 steps, interrupted after 2 (--max-steps 2, then resumed to 4), equal a straight 4-step run
     bitwise; both stop with the gate message (4 steps cannot pass it) and keep their resume state."""

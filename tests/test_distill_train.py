@@ -90,6 +90,7 @@ def test_lrt_train_with_the_term_runs_in_train_mode_with_fp32_scores(term, monke
         assert r[key] == pytest.approx((a["value"] + b["value"]) / 4, rel=1e-5)
 
 
+@pytest.mark.slow  # ~31 s
 def test_sigkill_during_save_then_resume_is_bitwise_with_distillation_terms(tiny_model_dir, distill_data, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({

@@ -44,6 +44,7 @@ def home(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.workflow
 def test_prep_train_rerank_eval_from_a_fresh_folder(home, tiny_model_dir):
     run, topics, qrels = "dl19/run.dl19-passage.bm25.top10.txt", "dl19/msmarco-test2019-queries.tsv", \
         "dl19/qrels.dl19-passage.txt"

@@ -130,6 +130,7 @@ def test_gpu_check_script_without_cuda(tmp_path):
         assert f"[gpu_check] {part}" in p.stdout
 
 
+@pytest.mark.slow  # ~13 s: runs the recorded cases
 def test_gpu_summary_renders_recorded_figures(tmp_path, monkeypatch):
     """The summary writer on figures the cases really produced (here on CPU), so a KeyError in it cannot
     first show at the end of a GPU slot; a check that recorded nothing still reads "not yet measured"."""

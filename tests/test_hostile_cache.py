@@ -160,6 +160,7 @@ def test_full_disk_is_one_error_and_leaves_nothing_partial(tmp_path, capsys, sto
     assert tokenize(capsys, path)[0] == 0  # with room again, the build completes
 
 
+@pytest.mark.slow  # two building processes, ~10 s
 def test_two_processes_building_one_cache_both_succeed(tmp_path):
     path = recipe(tmp_path, n=300)
     cmd = [sys.executable, "-m", "lrt.cli", "prep", "tokenize", str(path)]

@@ -80,6 +80,7 @@ def no_secret(res: subprocess.CompletedProcess, d: Path) -> None:
             assert KEY.encode() not in f.read_bytes(), f
 
 
+@pytest.mark.slow  # 10 `lrt rerank` subprocesses, ~5 s each
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("origin", ["other", "same"])
 def test_redirects_are_refused_and_the_key_never_leaves(export, tmp_path, code, origin):
@@ -110,6 +111,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.slow  # one `lrt rerank` subprocess per case, ~5.5 s each
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_200_answers_are_retried_then_one_error(export, tmp_path, case):
     _inputs(tmp_path)
@@ -120,6 +122,7 @@ def test_malformed_200_answers_are_retried_then_one_error(export, tmp_path, case
     assert len(srv.seen) == 2  # --max-retries 1: tried twice, then reported
 
 
+@pytest.mark.slow  # 7 `lrt rerank` subprocesses, ~6 s each
 @pytest.mark.parametrize("value", ["-5", "nan", "inf", "-inf", "soon", "1e400", "Wed, 21 Oct 2015 07:28:00 GMT"])
 def test_odd_retry_after_never_reaches_sleep(export, tmp_path, value):
     _inputs(tmp_path)

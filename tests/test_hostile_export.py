@@ -15,6 +15,8 @@ import pytest
 
 from test_train import tiny_recipe
 
+pytestmark = pytest.mark.workflow  # every test stands on the module's trained and exported runs (~30 s of setup)
+
 
 def lrt(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lrt.cli", *map(str, args)], capture_output=True, text=True,

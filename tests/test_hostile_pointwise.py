@@ -61,6 +61,7 @@ def run(recipe, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.workflow  # the module's run: a whole `lrt train` + export (~12 s)
 def test_prefix_suffix_and_bos_are_honoured_and_recorded(run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -118,6 +119,7 @@ def test_bos_always_without_a_bos_token_is_one_error(recipe, tmp_path):
     assert_refused(p, "prompt.bos=always, but the tokenizer has no BOS token")
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("how", ["truncate", "garbage"])
 def test_truncated_pointwise_weights_are_named(how, run, tmp_path):
     final = tmp_path / "final"
@@ -138,6 +140,7 @@ def test_truncated_pointwise_weights_are_named(how, run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.workflow
 def test_seq_cls_into_its_source_is_refused(run, tmp_path):
     final = tmp_path / "final"
     shutil.copytree(run / "final", final)

@@ -146,6 +146,7 @@ def _cached_ids(cache: Path) -> list[list[int]]:
     return out
 
 
+@pytest.mark.slow  # ~10 s: `lrt prep tokenize` subprocess, real tokenizers
 def test_prep_tokenize_encodes_injected_passages_as_text(tmp_path):
     tok = _tiny()
     rows = {}

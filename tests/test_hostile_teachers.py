@@ -114,6 +114,7 @@ def test_few_invalid_answers_pass_and_the_key_sets_the_threshold(tmp_path):
     no_secret(res, tmp_path)
 
 
+@pytest.mark.slow  # ~14 s
 def test_all_invalid_hf_teacher_fails_unless_allowed(tmp_path):
     model = save_tiny_model(tmp_path / "model", "chatml")
     teacher = {"kind": "hf", "model": str(model), "batch_size": 4, "dtype": "float32"}

@@ -55,6 +55,7 @@ def snapshot(d: Path) -> dict[str, bytes]:
 
 
 # ---- two runs on one output_dir ------------------------------------------------------------------
+@pytest.mark.slow  # two training processes, ~14 s
 def test_second_run_on_a_busy_output_dir_is_refused_naming_the_holder(recipe, tmp_path):
     out = tmp_path / "run"
     cmd = [*LRT, "train", str(recipe), f"output_dir={out}", "train.max_steps=3"]
@@ -162,6 +163,7 @@ def test_full_disk_at_a_later_save_keeps_the_previous_checkpoint(recipe, tmp_pat
 
 
 # ---- resume=auto after the training file changed -----------------------------------------------
+@pytest.mark.workflow
 def test_resume_after_the_training_file_changed_is_refused(recipe, tiny_data, tmp_path):
     train = tmp_path / "train.jsonl"
     shutil.copy(tiny_data / "train.jsonl", train)
@@ -180,6 +182,7 @@ def test_resume_after_the_training_file_changed_is_refused(recipe, tiny_data, tm
 
 
 # ---- lrt plot on a resumed run whose logged series changed ---------------------------------------
+@pytest.mark.workflow
 def test_plot_of_a_resumed_run_whose_eval_series_changed(recipe, tiny_data, tmp_path):
     """The first part evaluates against the candidates' grades, the resumed part (eval.qrels added,
     which resume allows) against a qrels file: two metrics in one metrics.jsonl."""

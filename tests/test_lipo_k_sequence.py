@@ -226,6 +226,7 @@ def _cli_recipe(path, model_dir, data_dir) -> None:
     }))
 
 
+@pytest.mark.slow  # ~21 s
 def test_lrt_train_lipo_k_resumes_bitwise_after_sigkill(tiny_model_dir, tiny_data, tmp_path):
     from _scale_helpers import metrics, run, run_until_fault, safetensors_weights
 

@@ -3,7 +3,8 @@
 The `ref_*` functions are deliberately naive: one list at a time, explicit loops over pairs or
 positions, formulas as printed in the papers (RankNet / FIRST, Wang et al. CIKM'18, Plackett–Luce,
 Qin et al. 2010, LiPO). They take a 1-D score tensor (autograd works through them) and Python
-lists of ranks / relevance, so `lrt bench losses` (lrt/bench/losses.py) reuses them as the loop baseline.
+lists of ranks / relevance. They live in lrt/bench/losses.py (one copy: `lrt bench losses` uses them as
+the loop baseline from an installed package) and are imported here.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import math
 import pytest
 import torch
 
+# the loop references: one copy, shipped in lrt/bench/losses.py (`lrt bench losses` times the losses against them)
+from lrt.bench.losses import _predicted_order, _valid, ref_batch, ref_gains, ref_lipo, ref_ndcg, ref_plackett_luce
 from lrt.losses import (
     RANKING_LOSSES,
     approxndcg,
@@ -26,197 +29,6 @@ from lrt.losses import (
     ranknet,
     softmax_ce,
 )
-
-# ----------------------------------------------------------------------------- references
-
-
-def _valid(r: list[int]) -> list[int]:
-    return [i for i, x in enumerate(r) if x > 0]
-
-
-def ref_gains(r: list[int], rel: list[float] | None, gain: str) -> dict[int, float]:
-    """Gain of each valid candidate, from the definitions in the loss docstrings."""
-    idx = _valid(r)
-    n = len(idx)
-    if rel is not None:
-        top = max(rel[i] for i in idx)
-        table = {
-            "linear": lambda i: rel[i],
-            "exp": lambda i: 2.0 ** rel[i] - 1.0,
-            "exp_safe": lambda i: (2.0 ** rel[i] - 1.0) / 2.0**top,
-        }
-    else:
-        table = {
-            "linear": lambda i: n + 1.0 - r[i],
-            "inverse": lambda i: 1.0 / r[i],
-            "exp_safe": lambda i: (2.0 ** (n - r[i]) - 1.0) / 2.0 ** (n - 1),
-        }
-    return {i: table[gain](i) for i in idx}
-
-
-def ref_ndcg(order: list[int], g: dict[int, float], k: int | None = None) -> float:
-    """NDCG@k of a ranking `order` (best first) with gains g (Järvelin–Kekäläinen, log2)."""
-    cut = len(order) if k is None else k
-    dcg = sum(g[i] / math.log2(p + 2) for p, i in enumerate(order[:cut]))
-    ideal = sorted(g.values(), reverse=True)[:cut]
-    idcg = sum(v / math.log2(p + 2) for p, v in enumerate(ideal))
-    return dcg / idcg
-
-
-def ref_ranknet(s, r, rel=None, weighting="first", reduction_pairs="pairs", sigma=1.0, use_relevance=False, gain="linear"):
-    """FIRST eq.: (1/P) Σ_{r_i<r_j} w_ij log(1 + exp(−σ(s_i − s_j))), or / Σw."""
-    idx = _valid(r)
-    g = ref_gains(r, rel, gain) if weighting == "label_diff" else {}
-    num, den = s.new_zeros(()), 0.0
-    for i in idx:
-        for j in idx:
-            if not (rel[i] > rel[j] if use_relevance else r[i] < r[j]):
-                continue
-            if weighting == "none":
-                w = 1.0
-            elif weighting == "first":
-                w = 1.0 / (r[i] + r[j])
-            elif weighting == "inverse_sum":
-                w = 1.0 / r[i] + 1.0 / r[j]
-            else:
-                w = abs(g[i] - g[j])
-            num = num + w * torch.log(1 + torch.exp(-sigma * (s[i] - s[j])))
-            den += 1.0 if reduction_pairs == "pairs" else w
-    return num / den if den > 0 else num
-
-
-def _predicted_order(s, idx: list[int]) -> list[int]:
-    return sorted(idx, key=lambda i: -float(s[i].detach()))
-
-
-def ref_lambdaloss(s, r, rel=None, scheme="ndcg_loss2pp", k=None, sigma=1.0, mu=10.0, gain="linear"):
-    """Wang et al. CIKM'18: −Σ log2 σ(σ(s_i − s_j))^{w_ij}, positions from the current scores."""
-    idx = _valid(r)
-    g = ref_gains(r, rel, gain)
-    pos = {i: p + 1 for p, i in enumerate(_predicted_order(s, idx))}
-    ideal = sorted(g.values(), reverse=True)
-    cut = len(idx) if k is None else k
-    max_dcg = sum(v / math.log2(1 + p + 1) for p, v in enumerate(ideal[:cut]))
-    big_g = {i: g[i] / max_dcg for i in idx}
-
-    def inv_d(p: int) -> float:  # 1/D(p), truncated at k
-        return 1.0 / math.log2(1 + p) if p <= cut else 0.0
-
-    loss = s.new_zeros(())
-    for i in idx:
-        for j in idx:
-            if i == j or min(pos[i], pos[j]) > cut:
-                continue
-            if scheme == "ndcg_loss1":
-                w = big_g[i] * inv_d(pos[i])
-            else:
-                if not (rel[i] > rel[j] if rel is not None else r[i] < r[j]):
-                    continue
-                gap = abs(pos[i] - pos[j])
-                delta = abs(1.0 / math.log2(1 + gap) - 1.0 / math.log2(2 + gap))
-                lam = abs(big_g[i] - big_g[j]) * abs(inv_d(pos[i]) - inv_d(pos[j]))
-                w = {
-                    "lambdarank": lam,
-                    "ndcg_loss2": delta * abs(big_g[i] - big_g[j]),
-                    "ndcg_loss2pp": mu * delta * abs(big_g[i] - big_g[j]) + lam,
-                }[scheme]
-            loss = loss - torch.log2(torch.sigmoid(sigma * (s[i] - s[j])) ** w)
-    return loss
-
-
-def ref_plackett_luce(s, perm: list[int]):
-    """P_PL(π | s) = Π_k exp(s_π(k)) / Σ_{l≥k} exp(s_π(l))."""
-    p = s.new_ones(())
-    for k in range(len(perm)):
-        p = p * torch.exp(s[perm[k]]) / sum(torch.exp(s[perm[m]]) for m in range(k, len(perm)))
-    return p
-
-
-def ref_listmle(s, r, rel=None, top_k=None, alpha=None):
-    """Σ_k α(k) [log Σ_{l≥k} exp s_π*(l) − s_π*(k)]: one backward loop over teacher positions
-    with a running tail sum Σ_{l≥k} exp s_π*(l)."""
-    perm = sorted(_valid(r), key=lambda i: r[i])
-    loss, tail = s.new_zeros(()), s.new_zeros(())
-    for k in reversed(range(len(perm))):
-        tail = tail + torch.exp(s[perm[k]])
-        if top_k is not None and k + 1 > top_k:
-            continue
-        if alpha is None:
-            a = 1.0
-        else:
-            a = 1.0 / math.log2(k + 2) + (1.0 if alpha == "one_plus_inv_log2" else 0.0)
-        loss = loss + a * (torch.log(tail) - s[perm[k]])
-    return loss
-
-
-def ref_listnet(s, r, rel=None, temperature=1.0, target="ranks"):
-    idx = _valid(r)
-    t = {i: (-r[i] if target == "ranks" else rel[i]) / temperature for i in idx}
-    zt = sum(math.exp(v) for v in t.values())
-    zs = sum(torch.exp(s[i]) for i in idx)
-    loss = s.new_zeros(())
-    for i in idx:
-        loss = loss - math.exp(t[i]) / zt * torch.log(torch.exp(s[i]) / zs)
-    return loss
-
-
-def ref_approxndcg(s, r, rel=None, temperature=1.0, gain="linear"):
-    """Qin et al. 2010: π̂_i = 1 + Σ_{j≠i} σ((s_j − s_i)/T), loss = 1 − Σ g_i/log2(1+π̂_i) / maxDCG."""
-    idx = _valid(r)
-    g = ref_gains(r, rel, gain)
-    ideal = sorted(g.values(), reverse=True)
-    max_dcg = sum(v / math.log2(p + 2) for p, v in enumerate(ideal))
-    dcg = s.new_zeros(())
-    for i in idx:
-        approx_rank = 1.0 + sum(torch.sigmoid((s[j] - s[i]) / temperature) for j in idx if j != i)
-        dcg = dcg + g[i] / torch.log2(1.0 + approx_rank)
-    return 1.0 - dcg / max_dcg
-
-
-def ref_softmax_ce(s, r, rel=None):
-    idx = _valid(r)
-    top = next(i for i in idx if r[i] == 1)
-    return -torch.log(torch.exp(s[top]) / sum(torch.exp(s[i]) for i in idx))
-
-
-def ref_lipo(s, r, rel=None, gain="linear"):
-    """LiPO-λ: −Σ_{ψ_i>ψ_j} Δ_ij log σ(s_i − s_j), Δ = |G_i − G_j|·|1/D(τ_i) − 1/D(τ_j)|."""
-    idx = _valid(r)
-    g = ref_gains(r, rel, gain)
-    tau = {i: p + 1 for p, i in enumerate(_predicted_order(s, idx))}
-    max_dcg = sum(v / math.log2(p + 2) for p, v in enumerate(sorted(g.values(), reverse=True)))
-    loss = s.new_zeros(())
-    for i in idx:
-        for j in idx:
-            if rel[i] > rel[j] if rel is not None else r[i] < r[j]:
-                delta = abs(g[i] - g[j]) / max_dcg * abs(1 / math.log2(1 + tau[i]) - 1 / math.log2(1 + tau[j]))
-                loss = loss - delta * torch.log(torch.sigmoid(s[i] - s[j]))
-    return loss
-
-
-REFS = {
-    "ranknet": ref_ranknet,
-    "lambdaloss": ref_lambdaloss,
-    "listnet": ref_listnet,
-    "listmle": ref_listmle,
-    "approxndcg": ref_approxndcg,
-    "softmax_ce": ref_softmax_ce,
-    "lipo_lambda": ref_lipo,
-}
-
-
-def ref_batch(name: str, scores, ranks, relevance=None, **params):
-    """Per-list reference losses [B] (0 for lists with < 2 valid candidates)."""
-    out = []
-    for b in range(scores.shape[0]):
-        r = ranks[b].tolist()
-        rel = None if relevance is None else relevance[b].tolist()
-        if len(_valid(r)) < 2:
-            out.append(scores.new_zeros(()))
-        else:
-            out.append(REFS[name](scores[b], r, rel, **params))
-    return torch.stack(out)
-
 
 # ----------------------------------------------------------------------------- fixtures
 

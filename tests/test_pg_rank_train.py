@@ -146,6 +146,7 @@ def test_other_scoring_modes_train_with_pg_rank(mode, monkeypatch, tiny_model_di
     assert all(c["B"] == 4 for c in spy.calls)
 
 
+@pytest.mark.slow  # ~21 s
 def test_sigkill_during_save_then_resume_is_bitwise(tiny_model_dir, tiny_data, tmp_path):
     recipe = _write(tmp_path / "r.yaml", tiny_model_dir, tiny_data,
                     train={"max_steps": 6, "per_device_batch_size": 2, "grad_accum": 2, "lr": 1e-3, "warmup_steps": 2,

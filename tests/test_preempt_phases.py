@@ -127,6 +127,7 @@ def check_phase(recipe, reference, tmp_path, phase: str, sig: int) -> None:
     assert_same_run(out, reference)
 
 
+@pytest.mark.slow  # 15-25 s per phase
 @pytest.mark.parametrize("phase,sig", FAST, ids=[f"{p}-{signal.Signals(s).name}" for p, s in FAST])
 def test_signal_in_phase_checkpoints_and_resumes_bitwise(recipe, reference, tmp_path, phase, sig):
     check_phase(recipe, reference, tmp_path, phase, sig)

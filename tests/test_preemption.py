@@ -38,6 +38,7 @@ def reference(recipe, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # ~15 s
 def test_sigterm_checkpoints_exits_75_and_resumes_bitwise(recipe, reference, tmp_path):
     out = tmp_path / "run"
     lrt = [sys.executable, "-m", "lrt.cli", "train", str(recipe), f"output_dir={out}"]

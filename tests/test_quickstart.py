@@ -16,6 +16,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_
        "TOKENIZERS_PARALLELISM": "false"}
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize("mode", ["pointwise", "first_token"])
 def test_quickstart_prints_paired_tests_and_a_consistent_verdict(tmp_path: Path, mode: str) -> None:
     out = subprocess.run([sys.executable, "-m", "lrt.cli", "quickstart", "--mode", mode, "--max-steps", "3",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -29,6 +30,7 @@ def write_recipe(path, model_dir, data_dir) -> None:
     }))
 
 
+@pytest.mark.slow  # ~24 s
 def test_sigkill_during_save_then_resume_is_bitwise(tiny_model_dir, tiny_data, tmp_path):
     recipe = tmp_path / "r.yaml"
     write_recipe(recipe, tiny_model_dir, tiny_data)

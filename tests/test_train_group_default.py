@@ -12,6 +12,8 @@ import yaml
 
 from _scale_helpers import last_per_step, metrics, run
 
+pytestmark = pytest.mark.slow  # the module trains every split of the global batch (~24 s of setup)
+
 SPLITS = [(1, 8), (2, 4), (8, 1)]
 
 

@@ -54,6 +54,7 @@ def test_readable_data_passes_and_reports_the_checks(world: Path) -> None:
     assert "--- one training sequence (" in out and "assistant" in out
 
 
+@pytest.mark.slow  # ~9 s
 def test_mostly_unknown_tokens_fail_with_the_share_and_the_fix(world: Path) -> None:
     err = _one_error(_validate(world, "data.train=english.jsonl"))
     share = float(err.split("error: ")[1].split("%")[0])
@@ -68,6 +69,7 @@ def test_max_length_beyond_the_position_limit_fails(world: Path) -> None:
     assert "data.max_length=4096" in err and "max_position_embeddings=1024" in err and "data.max_length<=1024" in err
 
 
+@pytest.mark.slow  # ~10 s: `lrt validate` subprocesses loading the model
 def test_a_missing_chat_template_fails_before_training(world: Path) -> None:
     bare = world / "bare"
     shutil.copytree(BACKBONE, bare)

@@ -27,6 +27,7 @@ def sh(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
     return p.stdout
 
 
+@pytest.mark.workflow
 @pytest.mark.slow
 def test_pip_install_then_quickstart_and_validate_from_elsewhere(tmp_path):
     if not shutil.which("git") or not (REPO / ".git").exists():

@@ -3,9 +3,9 @@
 Why: the losses sit in the inner training loop; a per-pair Python loop over B x N(N-1)/2 pairs
 would cost seconds per step. Acceptance: every loss >= 10x faster than its loop reference.
 
-The loop references below are the ones tests/test_losses_ranking.py trusts (one list at a time,
-explicit loops over pairs/positions, autograd through scalar tensor ops; tests/test_cli_misc.py
-checks the two copies agree), shipped here so `lrt bench losses` runs from an installed package.
+The loop references below are the ones tests/test_losses_ranking.py trusts and imports (one list
+at a time, explicit loops over pairs/positions, autograd through scalar tensor ops): one copy,
+shipped here so `lrt bench losses` runs from an installed package.
 Both sides run in this process, on the same inputs, fp32, CPU.
 
     lrt bench losses [--b 32] [--n 100] [--reps 10] [--threads 1]

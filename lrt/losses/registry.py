@@ -6,7 +6,6 @@ with the allowed options and a did-you-mean suggestion.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import math
@@ -20,6 +19,7 @@ from lrt.losses.distill import kl_distill, margin_mse
 from lrt.losses.pg_rank import pg_rank
 from lrt.losses.pointwise import bce
 from lrt.losses.ranking import approxndcg, lambdaloss, lipo_lambda, listmle, listnet, ranknet, softmax_ce
+from lrt.suggest import did_you_mean
 
 RankingLoss = Callable[..., Tensor]
 
@@ -42,8 +42,7 @@ TEACHER_SCORE_LOSSES: dict[str, RankingLoss] = {"margin_mse": margin_mse, "kl_di
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), options, n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(word, options, cutoff=0.5, style="sentence")
 
 
 def loss_params(name: str) -> dict[str, Any]:
@@ -109,8 +108,7 @@ def param_problems(name: str, params: dict[str, Any], in_recipe: bool = True) ->
             allowed = sorted([*allowed, "beta"])
     else:
         options = sorted([*RANKING_LOSSES, *TEACHER_SCORE_LOSSES, "lm", "lipo_k"])
-        close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, options, cutoff=0.5)
         return {"": f"unknown loss {name!r}{hint}; choose from {options}"}
     out: dict[str, str] = {}
     for key, value in params.items():

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import torch
 from torch import nn
 
+from lrt.modeling import gathered
 from lrt.scoring import decoder_and_head, eval_mode, full_precision, hidden_states
 from lrt.objective.objective import Objective
 
@@ -122,19 +122,6 @@ class RerankModule(nn.Module):
             with full_precision(h):
                 s = identifier_scores(h, batch["answer_pos"], batch["cand_ids"], head.weight, bias)
                 return identifier_logprobs(h, batch["answer_pos"], s, head.weight, bias)
-
-
-@contextlib.contextmanager
-def gathered(params: list[nn.Parameter], modifier_rank: int | None = None) -> Iterator[None]:
-    """Gather ZeRO-3 partitioned parameters for use outside their module (a no-op otherwise);
-    with `modifier_rank`, that rank's edits are broadcast and re-partitioned on exit."""
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
-            yield
-    else:
-        yield
 
 
 class Zero3EvalView(nn.Module):

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lrt import configio
+import lrt.configio as configio
 from lrt.data.prompts import ALPHA_MAX, PRESETS, PromptTemplate
 from lrt.errors import ConfigError
 

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lrt import __version__
 from lrt.data.schema import ListwiseExample
 from lrt.errors import DataError, LrtError
 from lrt.prep import output
@@ -27,6 +26,7 @@ from lrt.prep.config import (OPERATIONAL, CanonicalSource, ConversationsSource, 
 from lrt.prep.importers import Imported
 from lrt.prep.teachers import Teacher, stable_hash
 from lrt.prep.windows import build_labels, passes_needed
+from lrt.version import __version__
 
 log = logging.getLogger("lrt.prep")
 __all__ = ["JobCfg", "load_job", "run_shard", "make_teacher", "import_source", "merge"]

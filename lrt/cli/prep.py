@@ -60,10 +60,9 @@ def _job(argv: list[str]) -> int:
     except LrtError as e:
         print(f"lrt prep: error: {e}", file=sys.stderr)
         return 2
-    c = card["counts"]
-    print(f"{card['job']} shard {args.shard_id}/{args.num_shards}: {c.get('rows_written', 0)} rows, "
-          f"{c.get('calls', 0)} window calls ({c.get('cache_hits', 0)} cached), "
-          f"{c.get('invalid_responses', 0)} repaired, {c.get('skipped_rows', 0)} skipped -> {cfg.output.dir}")
+    from lrt.prep.job import summary
+
+    print(summary(card, args.shard_id, args.num_shards, cfg.output.dir))
     if card["failed_queries"]:
         print(f"lrt prep: {len(card['failed_queries'])} queries failed after retries "
               f"(e.g. {card['failed_examples']}); re-run the same command to retry only their missing windows",

@@ -52,6 +52,21 @@ class TrecSource(_Rows):
     synthetic_text: bool = False
 
 
+class BeirSource(_Rows):
+    """A BEIR folder (queries.jsonl, corpus.jsonl, qrels/NAME.tsv) plus the first-stage run to rerank.
+
+    BEIR ships no run: `run` is required, because the lists a reranker trains on must be the ones it
+    will rerank (your retriever's top-`depth`), not the judged documents alone. Queries of the run
+    without judgements in the qrels (e.g. the other BEIR split's) are left out and counted
+    (`unjudged_queries_left_out`).
+    """
+    kind: Literal["beir"]
+    path: str  # the folder
+    run: Optional[str] = None  # TREC run of the first stage (e.g. BM25 top-100) over these queries
+    qrels: Optional[str] = None  # the qrels file that labels the lists (default: the folder's qrels/test.tsv)
+    depth: PosInt = 100
+
+
 class CanonicalSource(_Rows):
     kind: Literal["canonical"]
     path: str
@@ -124,6 +139,14 @@ class PromptCfg(_Strict):
                                      chat_template=self.chat_template, system_in_user=self.system_in_user or None)
 
 
+class SplitCfg(_Strict):
+    """Hold queries out of training: their first-stage run, queries and qrels are written for
+    `lrt rerank` / `lrt eval` (`output.dir/held_out/`), and only the rest become training lists."""
+    held_out: Optional[Union[int, float]] = None  # a number of queries (20), or a fraction in (0, 1) (0.2)
+    held_out_qids: Optional[str] = None  # or: a file with one held-out qid per line
+    seed: int = 0  # the shuffle of the (sorted) qids that picks `held_out` queries
+
+
 class OutputCfg(_Strict):
     dir: str
     call_log: bool = True
@@ -135,12 +158,12 @@ class CacheCfg(_Strict):
     journal: Literal["wal", "delete"] = "wal"
 
 
-SourceCfg = Annotated[Union[ConversationsSource, FullrankSource, TrecSource, CanonicalSource],
+SourceCfg = Annotated[Union[ConversationsSource, FullrankSource, TrecSource, BeirSource, CanonicalSource],
                       Field(discriminator="kind")]
 TeacherCfg = Annotated[Union[NoTeacherCfg, ScoresTeacherCfg, OpenAITeacherCfg, HFTeacherCfg],
                        Field(discriminator="kind")]
 _TAGGED = {"source": {m.model_fields["kind"].annotation.__args__[0]: m for m in
-                      (ConversationsSource, FullrankSource, TrecSource, CanonicalSource)},
+                      (ConversationsSource, FullrankSource, TrecSource, BeirSource, CanonicalSource)},
            "teacher": {m.model_fields["kind"].annotation.__args__[0]: m for m in
                        (NoTeacherCfg, ScoresTeacherCfg, OpenAITeacherCfg, HFTeacherCfg)}}
 # knobs that change speed, not answers: excluded from the job fingerprint so a resumed job may tune them
@@ -155,6 +178,7 @@ class JobCfg(_Strict):
     teacher: TeacherCfg = NoTeacherCfg()
     labels: LabelsCfg = LabelsCfg()
     prompt: PromptCfg = PromptCfg()
+    split: Optional[SplitCfg] = None
     output: OutputCfg
     cache: CacheCfg = CacheCfg()
 
@@ -181,6 +205,10 @@ def cross_checks(cfg: JobCfg) -> list[str]:
         out.append(f"labels.window: {lab.window} > {ALPHA_MAX} alphabetic identifiers; set prompt.identifiers=numeric")
     if isinstance(cfg.source, TrecSource) and cfg.source.qrels is None and t.kind == "none":
         out.append("teacher.kind: a TREC run without source.qrels has no labels; add qrels or a teacher")
+    if isinstance(cfg.source, BeirSource) and cfg.source.run is None:
+        out.append("source.run: a BEIR folder has no first-stage run; give the TREC run of the retriever whose "
+                   "lists the model will rerank (e.g. BM25 top-100: `qid Q0 docid rank score tag` lines)")
+    out.extend(split_checks(cfg))
     if lab.teacher_scores and t.kind in ("none", "openai"):
         what = "teacher.kind=none computes no scores (a canonical source's teacher_scores are kept as they are)" \
             if t.kind == "none" else (
@@ -193,12 +221,33 @@ def cross_checks(cfg: JobCfg) -> list[str]:
     return out
 
 
+def split_checks(cfg: JobCfg) -> list[str]:
+    sp, src = cfg.split, cfg.source
+    if sp is None:
+        return []
+    out = []
+    if (sp.held_out is None) == (sp.held_out_qids is None):
+        out.append("split: give exactly one of split.held_out (a count such as 20, or a fraction such as 0.2) and "
+                   "split.held_out_qids (a file of qids)")
+    elif isinstance(sp.held_out, float) and not 0 < sp.held_out < 1:
+        out.append(f"split.held_out: a fraction must be in (0, 1), got {sp.held_out}; give a count as an integer")
+    elif isinstance(sp.held_out, int) and sp.held_out < 1:
+        out.append(f"split.held_out: a count must be >= 1, got {sp.held_out}")
+    if not isinstance(src, (TrecSource, BeirSource)):
+        out.append(f"split: needs a first-stage run to write the held-out inputs (source.kind trec or beir), not "
+                   f"{src.kind}; split that data before prep")
+    elif isinstance(src, TrecSource) and (src.topics is None or src.synthetic_text):
+        out.append("split: needs real query texts for the held-out queries file; set source.topics")
+    return out
+
+
 # path-valued keys (see lrt/configio.py): relative values in the job file resolve against the job file's
 # directory, in overrides against the current directory; `lrt:` names a file shipped in the package.
 PATH_FIELDS: dict[str, str] = {
     "source.path": "maybe_hub", "source.corpus": "path", "source.queries": "path", "source.run": "path",
     "source.topics": "path", "source.qrels": "path", "teacher.path": "path", "teacher.model": "maybe_hub",
     "teacher.tokenizer": "maybe_hub", "prompt.tokenizer": "maybe_hub", "output.dir": "path", "cache.path": "path",
+    "split.held_out_qids": "path",
 }
 
 

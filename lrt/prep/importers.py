@@ -221,24 +221,52 @@ def _line_of(path: str, qid: str, docid: str | None = None) -> str:
     return str(path)
 
 
+@dataclass
+class RunSource:
+    """A first-stage run with its (optional) qrels and the queries a job uses, in run order: read once,
+    shared by the query split (which needs every qid before sharding) and the importer."""
+    run: str
+    ranked: dict[str, list[tuple[str, float]]]
+    judged: dict[str, dict[str, int]] | None
+    qids: list[str]
+    unjudged: int = 0  # queries of the run left out because the qrels do not judge them (only_judged)
+
+
+def read_run_source(run: str, qrels: str | None, *, only_judged: bool = False, limit: int | None = None) -> RunSource:
+    """The run's queries (first `limit`); with `only_judged` (a BEIR folder, whose qrels file is one
+    split of its queries) those without judgements are left out and counted instead of failing."""
+    from lrt.io.trec import read_qrels, read_run
+
+    ranked = read_run(run)
+    judged = read_qrels(qrels) if qrels else None
+    qids = list(ranked)
+    unjudged = 0
+    if only_judged and judged is not None:
+        kept = [q for q in qids if q in judged]
+        unjudged, qids = len(qids) - len(kept), kept
+        if not qids:
+            raise DataError(f"{run}: none of its {len(ranked)} queries is judged in {qrels}; give the qrels of "
+                            "the same queries (source.qrels) or the run of the queries the qrels judge")
+    return RunSource(run, ranked, judged, qids[:limit] if limit is not None else qids, unjudged)
+
+
 def import_trec(run: str, *, topics: str | None, corpus: str | None, qrels: str | None = None, depth: int = 100,
                 synthetic: bool = False, on_invalid: OnInvalid = "error", limit: int | None = None,
-                num_shards: int = 1, shard_id: int = 0) -> Imported:
+                num_shards: int = 1, shard_id: int = 0, source: RunSource | None = None,
+                exclude: frozenset[str] = frozenset(), topics_key: str = "source.topics") -> Imported:
     """A first-stage run as candidate lists; with qrels, ranked by grade (ties: first-stage order),
     and each row keeps the query's full qrels (`qrels` field) for trec_eval-exact evaluation.
 
     Without qrels the ranking is the first-stage order: a placeholder for a teacher to replace.
+    `exclude` (held-out queries of a split) is removed before sharding, so shards stay balanced.
     """
-    from lrt.io.trec import read_qrels, read_run
-
     report = SkipReport()
     problems = Problems(on_invalid, report)
-    ranked = read_run(run)
-    judged = read_qrels(qrels) if qrels else None
-    qids = list(ranked)[:limit] if limit is not None else list(ranked)
-    mine = [q for i, q in enumerate(qids) if in_shard(i, num_shards, shard_id)]
+    src = source or read_run_source(run, qrels, limit=limit)
+    ranked, judged = src.ranked, src.judged
+    mine = [q for i, q in enumerate(q for q in src.qids if q not in exclude) if in_shard(i, num_shards, shard_id)]
     report.total = len(mine)
-    texts, tops = _inputs(corpus, topics, {d for q in mine for d, _ in ranked[q][:depth]}, synthetic, "source.topics")
+    texts, tops = _inputs(corpus, topics, {d for q in mine for d, _ in ranked[q][:depth]}, synthetic, topics_key)
     out = []
     for q in mine:
         docids = [d for d, _ in ranked[q][:depth]]
@@ -260,7 +288,37 @@ def import_trec(run: str, *, topics: str | None, corpus: str | None, qrels: str 
         ranking = [docids[i] for i in sorted(range(len(docids)), key=lambda i: (-grades[i], i))]
         # every judged document, retrieved or not: evaluation needs the ideal DCG over all of them
         out.append(ListwiseExample(q, query, cands, ranking, grades, qrels=dict(judged[q])))
-    return Imported(out, report)
+    counts = {"unjudged_queries_left_out": src.unjudged} if src.unjudged else {}
+    return Imported(out, report, counts)
+
+
+def beir_paths(folder: str, qrels: str | None) -> tuple[str, str, str]:
+    """(queries, corpus, qrels) files of a BEIR folder; one error naming what is missing."""
+    from lrt.io.trec import beir_file
+
+    p = Path(folder)
+    if not p.is_dir():
+        raise DataError(f"source.path: {folder}: not a folder; give a BEIR folder (queries.jsonl, corpus.jsonl, "
+                        "qrels/test.tsv)")
+    found = [str(beir_file(p, k)) for k in ("queries", "corpus")]
+    if qrels is None:
+        tsvs = sorted(x.name for x in (p / "qrels").glob("*.tsv"))
+        if not (p / "qrels" / "test.tsv").is_file():
+            raise DataError(f"source.qrels: {p} has no qrels/test.tsv (found: {', '.join(tsvs) or 'no qrels/*.tsv'}); "
+                            f"give the qrels file to label with, e.g. source.qrels={p / 'qrels' / (tsvs or ['train.tsv'])[0]}")
+        qrels = str(p / "qrels" / "test.tsv")
+    return found[0], found[1], qrels
+
+
+def import_beir(folder: str, *, run: str, qrels: str | None = None, depth: int = 100, exclude: frozenset[str] = frozenset(),
+                source: RunSource | None = None, on_invalid: OnInvalid = "error", limit: int | None = None,
+                num_shards: int = 1, shard_id: int = 0) -> Imported:
+    """A BEIR folder + a first-stage run: lists of the run's top-`depth` graded by the folder's qrels."""
+    queries, corpus, qrels = beir_paths(folder, qrels)
+    src = source or read_run_source(run, qrels, only_judged=True, limit=limit)
+    return import_trec(run, topics=queries, corpus=corpus, qrels=qrels, depth=depth, on_invalid=on_invalid,
+                       num_shards=num_shards, shard_id=shard_id, source=src, exclude=exclude,
+                       topics_key="source.path (queries.jsonl)")
 
 
 def import_canonical(path: str, *, on_invalid: OnInvalid = "error", limit: int | None = None,

@@ -21,9 +21,9 @@ from typing import Any
 from lrt.data.schema import ListwiseExample
 from lrt.errors import DataError, LrtError
 from lrt.prep import output
-from lrt.prep.config import (OPERATIONAL, CanonicalSource, ConversationsSource, FullrankSource, JobCfg, TrecSource,
-                             load_job)
-from lrt.prep.importers import Imported
+from lrt.prep.config import (OPERATIONAL, BeirSource, CanonicalSource, ConversationsSource, FullrankSource, JobCfg,
+                             TrecSource, load_job)
+from lrt.prep.importers import Imported, RunSource
 from lrt.prep.teachers import Teacher, stable_hash
 from lrt.prep.windows import build_labels, passes_needed
 from lrt.version import __version__
@@ -43,10 +43,14 @@ def fingerprint(cfg: JobCfg) -> str:
     exclude: dict[str, Any] = {"name": True, "description": True, "output": True, "cache": True}
     if not cfg.labels.teacher_scores:
         exclude["labels"] = {"teacher_scores"}
+    if cfg.split is None:
+        exclude["split"] = True
     return stable_hash(strip(cfg.model_dump(exclude=exclude)))[:16]
 
 
-def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0) -> Imported:
+def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0, source: RunSource | None = None,
+                  exclude: frozenset[str] = frozenset()) -> Imported:
+    """The source's lists (this shard's); `source`/`exclude` come from `split_source` for a split job."""
     s = cfg.source
     kw = dict(on_invalid=s.on_invalid, limit=s.limit, num_shards=num_shards, shard_id=shard_id)
     if isinstance(s, FullrankSource):
@@ -55,13 +59,45 @@ def import_source(cfg: JobCfg, num_shards: int = 1, shard_id: int = 0) -> Import
     if isinstance(s, TrecSource):
         from lrt.prep.importers import import_trec
         return import_trec(s.run, topics=s.topics, corpus=s.corpus, qrels=s.qrels, depth=s.depth,
-                           synthetic=s.synthetic_text, **kw)
+                           synthetic=s.synthetic_text, source=source, exclude=exclude, **kw)
+    if isinstance(s, BeirSource):
+        from lrt.prep.importers import import_beir
+        assert s.run is not None  # cross_checks
+        return import_beir(s.path, run=s.run, qrels=s.qrels, depth=s.depth, source=source, exclude=exclude, **kw)
     if isinstance(s, ConversationsSource):
         from lrt.prep.conversations import import_conversations
         return import_conversations(s.path, split=s.split, **kw)
     assert isinstance(s, CanonicalSource)
     from lrt.prep.importers import import_canonical
     return import_canonical(s.path, **kw)
+
+
+def split_source(cfg: JobCfg) -> tuple[RunSource | None, frozenset[str], dict[str, str]]:
+    """(the run source, held-out qids, query texts) of a split job; (None, {}, {}) without `split`.
+
+    Read before sharding: the split must be the same in every shard, so it is drawn over all qids.
+    """
+    from lrt.io.trec import read_topics
+    from lrt.prep.importers import beir_paths, read_run_source
+    from lrt.prep.split import choose_held_out
+
+    s = cfg.source
+    if cfg.split is None:
+        return None, frozenset(), {}
+    if isinstance(s, BeirSource):
+        queries, _, qrels = beir_paths(s.path, s.qrels)
+        src = read_run_source(s.run, qrels, only_judged=True, limit=s.limit)
+    else:
+        assert isinstance(s, TrecSource) and s.topics is not None  # split_checks
+        queries, src = s.topics, read_run_source(s.run, s.qrels, limit=s.limit)
+    return src, choose_held_out(src.qids, cfg.split), read_topics(queries)
+
+
+def no_relevant(examples: list[ListwiseExample]) -> int | None:
+    """Lists with no candidate graded > 0 (None when no list has grades): they teach only the order
+    among non-relevant passages, and a share of them usually means the first stage missed."""
+    graded = [e for e in examples if e.relevance is not None]
+    return sum(1 for e in graded if not any(g > 0 for g in e.relevance)) if graded else None
 
 
 def teacher_problems(cfg: JobCfg) -> list[str]:
@@ -201,7 +237,8 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
     card_path.unlink(missing_ok=True)  # a forced redo must not look finished while it runs
     output.clean_stale_temps(out, name)
     teacher = make_teacher(cfg)  # first: a missing API key or model fails before a big corpus is read
-    imp = import_source(cfg, num_shards, shard_id)
+    src, held, topics = split_source(cfg)
+    imp = import_source(cfg, num_shards, shard_id, source=src, exclude=held)
     examples = [_cut(e, cfg.labels.max_candidates) for e in imp.examples]
     dups = sorted(q for q, n in Counter(e.qid for e in examples).items() if n > 1)
     if dups:
@@ -209,6 +246,12 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
                         "once (deduplicate the input)")
     log.info("%s: %d queries imported (%s)", name, len(examples), imp.report.summary())
     counts: Counter = Counter(imp.counts)
+    unlabelled = no_relevant(examples)
+    if unlabelled is not None:
+        counts["lists_without_relevant"] = unlabelled
+        if unlabelled:
+            log.warning("%s: %d of %d lists have no relevant candidate (no grade > 0 in the first stage's top %s)",
+                        name, unlabelled, len(examples), getattr(cfg.source, "depth", "lists"))
     failed: dict[str, str] = {}
     calls: list = []
     if teacher is not None:
@@ -237,6 +280,11 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
                         "(set labels.teacher_scores=true to store this teacher's)", name)
             examples = [replace(e, teacher_scores=None) for e in examples]
     counts.update(input_rows=imp.report.total, skipped_rows=imp.report.skipped, rows_written=len(examples))
+    split_card = None
+    if src is not None and cfg.split is not None and shard_id == 0:  # after the labels: a failed job writes nothing
+        from lrt.prep.split import write_held_out
+        depth = getattr(cfg.source, "depth")
+        split_card = {**write_held_out(out, src, held, topics, depth), "seed": cfg.split.seed}
     output.write_examples(out / "shards" / f"{name}.parquet", examples)
     if cfg.output.call_log:
         output.write_calls(out / "calls" / f"{name}.parquet", calls)
@@ -254,9 +302,29 @@ def _run_locked(cfg: JobCfg, out: Path, name: str, num_shards: int, shard_id: in
         "skipped": {"reasons": dict(imp.report.reasons), "examples": imp.report.examples},
         "failed_queries": sorted(failed), "failed_examples": dict(list(failed.items())[:10]),
         "files": {"rows": f"shards/{name}.parquet", "calls": f"calls/{name}.parquet" if cfg.output.call_log else None},
+        **({"split": split_card} if split_card is not None else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
     }
     output.write_json(card_path, card)  # last: the shard is done
     if num_shards == 1:
         output.merge(out)
     return card
+
+
+def summary(card: dict, shard_id: int, num_shards: int, out_dir: str) -> str:
+    """The one-line result of a shard; the card (cards/*.json, card.json) holds every count."""
+    c = card["counts"]
+    line = (f"{card['job']} shard {shard_id}/{num_shards}: {c.get('rows_written', 0)} rows, "
+            f"{c.get('calls', 0)} window calls ({c.get('cache_hits', 0)} cached), "
+            f"{c.get('invalid_responses', 0)} repaired, {c.get('skipped_rows', 0)} skipped")
+    if "lists_without_relevant" in c:
+        line += f", {c['lists_without_relevant']} without a relevant candidate"
+    if c.get("unjudged_queries_left_out"):
+        line += f", {c['unjudged_queries_left_out']} unjudged queries left out"
+    line += f" -> {out_dir}"
+    sp = card.get("split")
+    if sp:
+        names = ", ".join(Path(f).name for k, f in sp["files"].items() if k not in ("train_qids", "qids"))
+        line += (f"; split: {sp['train_queries']} train / {sp['held_out_queries']} held-out queries, held-out "
+                 f"inputs in {Path(out_dir) / 'held_out'} ({names})")
+    return line

@@ -151,6 +151,8 @@ def merge(out_dir: str | Path) -> Path:
         raise LrtError(f"{out}: duplicate qids {dup} across shards; the input has repeated queries")
     atomic_write(out / "data.parquet", lambda fh: pq.write_table(table, fh))
     card = {key: ordered[0][key] for key in ("job", "fingerprint", "provenance", "lrt_version")}
+    if "split" in ordered[0]:  # written by shard 0: the held-out inputs (lrt.prep.split)
+        card["split"] = ordered[0]["split"]
     card.update(shards=k, rows=len(qids), counts=_sum_counts(ordered),
                 failed_queries=[q for c in ordered for q in c.get("failed_queries", [])],
                 files={"data": "data.parquet", "calls": [f for f in (f"calls/{part_name(i, k)}.parquet" for i in range(k))

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv[0] in ("-V", "--version"):
-        from lrt import __version__
+        from lrt.version import __version__
 
         print(f"lrt {__version__}")
         return 0
@@ -88,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        import difflib
+        from lrt.suggest import did_you_mean
 
-        hint = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
-        print(f"error: unknown command {cmd!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""), file=sys.stderr)
+        print(f"error: unknown command {cmd!r}" + did_you_mean(cmd, COMMANDS), file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
     try:

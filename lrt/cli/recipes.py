@@ -43,11 +43,10 @@ def copy(argv: list[str]) -> int:
     name = a.name.removesuffix(".yaml") if a.name.endswith(".yaml") else a.name
     name = Path(name).name if "/" in name else name
     if name not in by:
-        import difflib
+        from lrt.suggest import did_you_mean
 
-        hint = difflib.get_close_matches(name, list(by), n=1)
         raise LrtError(f"no shipped recipe, prep job or launch file named {a.name!r}"
-                       + (f" (did you mean {hint[0]!r}?)" if hint else "") + "; see `lrt recipes list`")
+                       + did_you_mean(name, by) + "; see `lrt recipes list`")
     src = by[name]
     dest = Path(a.dest)
     if dest.is_dir():

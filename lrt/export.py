@@ -19,7 +19,7 @@ from torch import nn
 
 from lrt.config import Recipe
 from lrt.errors import LrtError
-from lrt.rerank import RerankerMeta
+from lrt.ranking import RerankerMeta
 
 log = logging.getLogger("lrt")
 
@@ -404,7 +404,7 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None, o
     from transformers import AutoModelForSequenceClassification
 
     from lrt.data.pointwise import PointwiseTemplate, yes_no_ids
-    from lrt.rerank import load_export_tokenizer
+    from lrt.ranking import load_export_tokenizer
 
     from lrt.export_dir import check_destination, check_weights, staged
 

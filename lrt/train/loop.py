@@ -287,7 +287,7 @@ class Trainer:
         if not self.eval_examples or (self.id_ids is None and not self.r.pointwise):
             return None
         ckpt.fault("in_eval", self.step)  # test hook: a signal during an evaluation (step 0: at_start, last: at_end)
-        from lrt.rerank import Reranker
+        from lrt.ranking import ListwiseRanker, PairRanker
 
         r = self.r
         w = r.eval.window or r.data.window or max(len(e.candidates) for e in self.eval_examples)
@@ -296,12 +296,10 @@ class Trainer:
         if self.zero3:
             model = Zero3EvalView(model)
         if r.pointwise:  # one sequence per (query, candidate), eval.batch_size pairs per forward
-            from lrt.rerank_pointwise import PointwiseReranker
-
-            rr = PointwiseReranker(model, self.tok, self.template, max_length=r.data.max_length,  # type: ignore[assignment]
+            rr = PairRanker(model, self.tok, self.template, max_length=r.data.max_length,  # type: ignore[assignment]
                                    batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
         else:
-            rr = Reranker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
+            rr = ListwiseRanker(model, self.tok, self.template, window=w, stride=stride, max_length=r.data.max_length,
                           batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
         rr.progress_desc = "eval"  # the reranking progress bar's label
         # Every rank takes a slice of the queries and the results are gathered. Under ZeRO-3 each

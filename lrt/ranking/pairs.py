@@ -1,16 +1,15 @@
-"""`PointwiseReranker`: rerank with a pointwise yes/no model (scoring.mode=pointwise) exactly as trained.
+"""`PairRanker`: rerank with a pointwise yes/no model (scoring.mode=pointwise) exactly as trained.
 
 Every (query, candidate) pair is one sequence in the trained template (`lrt.data.pointwise`); its
 score is logit(yes) - logit(no) at the last token (fp32, two LM-head rows). Pairs of all queries are
 sorted by length and batched `batch_size` at a time; a query's order is its candidates by score
 (ties keep the first-stage order), and the returned scores are made strictly decreasing by the
-score rule of `lrt.rerank` (running minimum with margin SCORE_STEP), so TREC output never ties.
-Same public surface as `lrt.rerank.Reranker` (`rerank_many`, `rerank`, `last_stats`).
+score rule of `lrt.ranking` (running minimum with margin SCORE_STEP), so TREC output never ties.
+Same public surface as `ListwiseRanker` (`rerank_many`, `rerank`, `last_stats`).
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -20,12 +19,14 @@ from lrt.data.pointwise import PointwiseTemplate, encode_pair, pad_pairs, yes_no
 from lrt.data.prompts import passage_text
 from lrt.data.schema import Candidate
 from lrt.errors import LrtError
-from lrt.rerank import META_FILE, Query, RerankerMeta, RerankStats, check_device, load_export_tokenizer, monotone_scores
+from lrt.ranking.modes import PAIR_MODES
+from lrt.ranking.stats import RerankStats
+from lrt.ranking.windows import Query, monotone_scores
 from lrt.scoring import eval_mode, pointwise_scores
 
 
-class PointwiseReranker:
-    mode = "pointwise"
+class PairRanker:
+    mode = PAIR_MODES[0]
     window = 1  # no windows: reported by `lrt rerank` as window 1, stride 1
     stride = 1
 
@@ -40,28 +41,8 @@ class PointwiseReranker:
             raise LrtError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
         self.pad_id = int(pad)
         self.yes_id, self.no_id = yes_no_ids(tokenizer, template)
-        self.last_stats = RerankStats("pointwise", scores="logit")
+        self.last_stats = RerankStats(self.mode, scores="logit")
         self.progress_desc = "rerank"
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | None = None, dtype: torch.dtype | str = torch.float32,
-                        **overrides: Any) -> "PointwiseReranker":
-        from transformers import AutoModelForCausalLM
-
-        meta = RerankerMeta.load(path)
-        if meta.mode != "pointwise":
-            raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json); --mode pointwise needs a pointwise export")
-        try:
-            template = PointwiseTemplate.from_dict(meta.template)
-        except TypeError as e:
-            raise LrtError(f"{path}/{META_FILE}: bad pointwise template ({e}); re-export the model") from None
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        tok = load_export_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(check_device(device)).eval()
-        kw: dict[str, Any] = {"max_length": meta.max_length}
-        kw.update({k: v for k, v in overrides.items() if v is not None and k in ("max_length", "batch_size")})
-        return cls(model, tok, template, **kw)
 
     @property
     def device(self) -> torch.device:
@@ -85,7 +66,7 @@ class PointwiseReranker:
 
     def rerank_many(self, queries: Iterable[Query], **_ignored: Any) -> dict[str, list[tuple[str, float]]]:
         qs = list(queries)
-        self.last_stats = RerankStats("pointwise", scores="logit", queries=len(qs))
+        self.last_stats = RerankStats(self.mode, scores="logit", queries=len(qs))
         t0 = time.perf_counter()
         pairs = [(q, passage_text(c.text, c.title)) for _, q, cands in qs for c in cands]
         scores = self.score_pairs(pairs)

@@ -20,8 +20,20 @@ def __getattr__(name: str):  # lazy: keep `import lrt` cheap
         import lrt.config
 
         return getattr(lrt.config, name)
-    if name == "train":  # the lrt.train package, callable: lrt.train(recipe) -> TrainResult
-        import importlib
-
-        return importlib.import_module("lrt.train")
     raise AttributeError(name)
+
+
+# `lrt.train(recipe)`: the lrt.train package stays a package (lrt.train.loop, ...) and is callable as the
+# public API's workflow (train -> RUN/final export -> plots, lrt.workflows.run.train -> TrainResult). The
+# package itself is light (no torch); the workflow loads on the first call.
+import lrt.train as _train_pkg  # noqa: E402
+
+
+class _CallableTrain(type(_train_pkg)):
+    def __call__(self, recipe):  # noqa: ANN001, ANN204
+        from lrt.workflows.run import train
+
+        return train(recipe)
+
+
+_train_pkg.__class__ = _CallableTrain

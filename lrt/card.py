@@ -59,10 +59,11 @@ def headline(rec: dict[str, Any]) -> tuple[str | None, str]:
 def trained_mode(r: Recipe) -> tuple[str, str]:
     """(lrt.Reranker mode to use, one sentence on what the objective trained)."""
     scored = [t.name for t in r.loss if t.name != "lm"]  # every non-LM term scores first-token logits
-    if getattr(r, "pointwise", False):
-        return "pointwise", (f"pointwise yes/no scoring: each (query, passage) pair gets logit(yes) - logit(no) at "
-                             f"the answer position, trained with {', '.join(scored) or 'the LM loss'} over each "
-                             "list's pair scores.")
+    from lrt.families import of_recipe
+
+    fam = of_recipe(r)
+    if fam.pairs:  # the family says it (lrt.families); the listwise text stays here until the card asks it too
+        return fam.card_mode(r)
     lm = [t.name for t in r.loss if t.name == "lm"]
     if scored:
         s = (f"first-token scoring (FIRST-style): the logits of the first identifier token after `[` score every "

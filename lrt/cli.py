@@ -53,7 +53,9 @@ def _validate(argv: list[str]) -> int:
 
         checks = preflight(r, sample=max(1, a.sample), max_unknown_share=a.max_unknown_share)
     terms = ", ".join(f"{t.weight} x {t.name}" for t in r.loss)
-    scoring = "pointwise yes/no pairs" if r.pointwise else f"identifiers {r.identifier_scheme()}"
+    from lrt.families import of_recipe
+
+    scoring = of_recipe(r).validate_text(r)
     print(f"ok: {a.recipe} (model {r.model.name_or_path}; loss {terms}; {scoring}){rows}")
     if checks is not None:
         for line in checks.lines:
@@ -104,15 +106,14 @@ def _train(argv: list[str]) -> int:
         from lrt.launch import relaunch_torchrun
 
         return relaunch_torchrun(a.recipe, a.overrides, a.nproc_per_node, a.nnodes, recipe.output_dir)
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     res = train(recipe)
     if res.eval_history and int(os.environ.get("RANK", "0")) == 0:
-        from lrt.train.loop import headline_key
+        from lrt.train.evaluation import headline_keys
 
         last = res.eval_history[-1]
-        key = headline_key(last)  # eval/nDCG@10 (full qrels) or eval/nDCG@10_candidates / _teacher
-        init = key.replace("eval/nDCG@10", "eval/initial_nDCG@10")
+        key, init = headline_keys(last)  # eval/nDCG@10 (full qrels) or eval/nDCG@10_candidates / _teacher
         print(f"{key} {last[key]:.4f} (initial order {last[init]:.4f})")
     if res.final_dir and int(os.environ.get("RANK", "0")) == 0:
         print(f"exported: {res.final_dir}")
@@ -131,7 +132,7 @@ def _lazy(module: str, fn: str = "main") -> Callable[[list[str]], int]:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "validate": _validate,
     "train": _train,
-    "quickstart": _lazy("lrt.quickstart"),
+    "quickstart": _lazy("lrt.workflows.quickstart"),
     "prep": lambda argv: (_lazy("lrt.train.data", "tokenize_main")(argv[1:]) if argv[:1] == ["tokenize"]
                           else _lazy("lrt.prep.job")(argv)),
     "rerank": _lazy("lrt.rerank_cli"),

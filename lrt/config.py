@@ -9,7 +9,8 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Collection, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -278,10 +279,6 @@ class Recipe(Strict):
         # pointwise presets have no identifiers: "numeric" puts no limit on the list length
         return self.prompt.identifiers or PRESETS.get(self.prompt.preset, {}).get("identifiers", "numeric")
 
-    @property
-    def pointwise(self) -> bool:
-        return self.scoring.mode == "pointwise"
-
     def ranking_terms(self) -> list[LossTerm]:
         return [t for t in self.loss if t.name != "lm"]
 
@@ -301,7 +298,7 @@ def cross_field_problems(r: Recipe) -> list[str]:
         out.append("model.lora with model.init=from_config would train adapters on a random frozen base: use init=pretrained")
     if r.model.quantization and r.train.deepspeed:
         out.append("model.quantization with train.deepspeed is not supported: use one GPU with QLoRA, or LoRA under ZeRO")
-    out.extend(_pointwise_problems(r))
+    out.extend(_mode_problems(r))
     if not r.loss:
         out.append("loss: needs at least one term, e.g. [{name: lm}]")
     names = [t.name for t in r.loss]
@@ -326,36 +323,70 @@ def cross_field_problems(r: Recipe) -> list[str]:
     return out
 
 
-def _pointwise_problems(r: Recipe) -> list[str]:
+@dataclass(frozen=True)
+class ModeRules:
+    """What one `scoring.mode` accepts beyond the common schema, as data: the recipe is validated
+    against it at load (every command), and lrt.families holds the rest of the family (data, training
+    module, ranker, export). `presets` None: every preset no other mode claims."""
+
+    noun: str  # how messages name the mode's templates ("a pointwise template")
+    presets: Callable[[], Collection[str]] | None = None  # read lazily from the data registries
+    refused_terms: tuple[str, ...] = ()
+    refused_terms_why: str = ""
+    refused_prompt: tuple[tuple[str, str], ...] = ()  # (prompt field, why) of fields the mode has no use for
+    literal_prompt: tuple[str, ...] = ()  # prompt fields that are literal text in this mode (no {fields})
+
+
+def _pair_presets() -> Collection[str]:
     from lrt.data.pointwise import POINTWISE_PRESETS
 
-    if not r.pointwise:
-        if r.prompt.preset in POINTWISE_PRESETS:
-            return [f"prompt.preset={r.prompt.preset} is a pointwise template: set scoring.mode=pointwise"]
+    return POINTWISE_PRESETS
+
+
+# keys: the values of ScoringConfig.mode (one per lrt.families entry)
+SCORING_MODES: dict[str, ModeRules] = {
+    "first_token": ModeRules(noun="listwise"),
+    "pointwise": ModeRules(
+        noun="pointwise", presets=_pair_presets, refused_terms=("lm", "lipo_lambda", "lipo_k"),
+        refused_terms_why="scores pairs, it has no listwise target",
+        refused_prompt=(("system", "a pointwise pair template has no separate system message: write it into "
+                                   "prompt.prefix (the text before the pair body), or use scoring.instruction"),
+                        ("passage", "a pointwise pair holds one passage in the preset's body, there are no passage "
+                                    "lines to format: remove it (prompt.prefix, prompt.suffix and scoring.instruction "
+                                    "are used)")),
+        literal_prompt=("prefix", "suffix"),
+    ),
+}
+
+
+def _mode_problems(r: Recipe) -> list[str]:
+    """The scoring mode's own rules (SCORING_MODES): its presets, loss terms and prompt fields."""
+    mode, rules = r.scoring.mode, SCORING_MODES[r.scoring.mode]
+    if rules.presets is None:
+        owner = next((m for m, x in SCORING_MODES.items() if x.presets is not None and r.prompt.preset in x.presets()),
+                     None)
+        if owner is not None:
+            return [f"prompt.preset={r.prompt.preset} is a {SCORING_MODES[owner].noun} template: set scoring.mode={owner}"]
         return []
     out = []
-    if r.prompt.preset not in POINTWISE_PRESETS:
-        out.append(f"scoring.mode=pointwise needs a pointwise prompt.preset ({', '.join(sorted(POINTWISE_PRESETS))})")
-    bad = [t.name for t in r.loss if t.name in ("lm", "lipo_lambda", "lipo_k")]
+    presets = rules.presets()
+    if r.prompt.preset not in presets:
+        out.append(f"scoring.mode={mode} needs a {rules.noun} prompt.preset ({', '.join(sorted(presets))})")
+    bad = [t.name for t in r.loss if t.name in rules.refused_terms]
     if bad:
-        out.append(f"scoring.mode=pointwise scores pairs, it has no listwise target: remove loss terms {bad} "
+        out.append(f"scoring.mode={mode} {rules.refused_terms_why}: remove loss terms {bad} "
                    "(use softmax_ce, bce, ranknet, ...)")
-    if r.prompt.system is not None:
-        out.append("prompt.system: a pointwise pair template has no separate system message: write it into "
-                   "prompt.prefix (the text before the pair body), or use scoring.instruction")
-    if r.prompt.passage is not None:
-        out.append("prompt.passage: a pointwise pair holds one passage in the preset's body, there are no passage "
-                   "lines to format: remove it (prompt.prefix, prompt.suffix and scoring.instruction are used)")
+    out.extend(f"prompt.{key}: {why}" for key, why in rules.refused_prompt if getattr(r.prompt, key) is not None)
     import string
 
-    for key in ("prefix", "suffix"):
+    for key in rules.literal_prompt:
         text = getattr(r.prompt, key)
         try:
             names = [n for _, n, _, _ in string.Formatter().parse(text or "") if n in ("query", "doc", "instruction", "num")]
         except ValueError:
             names = []
         if names:
-            out.append(f"prompt.{key}: a pointwise {key} is literal text, {{{names[0]}}} would not be filled in: the "
+            out.append(f"prompt.{key}: a {rules.noun} {key} is literal text, {{{names[0]}}} would not be filled in: the "
                        "query and passage go into the preset's body (set scoring.instruction for {instruction})")
     return out
 

@@ -29,27 +29,13 @@ EXPORT_OVERRIDES = ["model.gradient_checkpointing=false", "model.neftune_alpha=n
 
 
 def save_meta(out: Path, r: Recipe, tok: Any = None) -> None:
-    from lrt.data.prompts import bos_outcome, rank_llm_serving
-    from lrt.train.data import prompt_template
+    from lrt.families import of_recipe
 
     if tok is None:  # every caller has saved the tokenizer to `out` first
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(out))
-    if r.pointwise:  # one sequence per pair: no window; the pointwise template and the mode are recorded
-        from lrt.train.pointwise import pointwise_template
-
-        t = pointwise_template(r)  # what training encoded: the recipe's prefix, suffix, instruction and BOS
-        RerankerMeta(template=t.to_dict(), window=r.eval.batch_size, stride=1, max_length=r.data.max_length,
-                     bos="prepended" if t.bos else "none", mode="pointwise").save(out)
-        return
-    w = r.eval.window or r.data.window or 20
-    template = prompt_template(r)
-    bos = bos_outcome(tok, template)  # what training did, pinned so serving does the same
-    template = template.with_(bos="always" if bos == "prepended" else "never")
-    RerankerMeta(template=template.to_dict(), window=w, stride=r.eval.stride or max(1, w // 2),
-                 max_length=r.data.max_length, bos=bos,
-                 rank_llm=rank_llm_serving(template, w, r.eval.stride or max(1, w // 2), r.data.max_length)).save(out)
+    of_recipe(r).export_meta(r, tok).save(out)  # what the family records (lrt_reranker.json)
 
 
 def model_card(out: Path, r: Recipe, source: str, n_lists: int | None = None, run_dir: Path | None = None,

@@ -223,7 +223,7 @@ def init_special_identifiers(model: nn.Module, tokenizer: Any) -> None:
         return
     emb = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
-    from lrt.train.module import gathered
+    from lrt.objective.module import gathered
 
     params = [emb] + ([out.weight] if out is not None and out.weight is not emb else [])
     with gathered(params, modifier_rank=0), torch.no_grad():  # ZeRO-3: edit the full rows, re-partition

@@ -182,7 +182,7 @@ def liger_vs_chunked(arch: str, targets: int = 2048, seq: int = 4096) -> dict[st
     """lrt's Objective with `lm` kernel liger vs kernel torch on the same bf16 hidden states and LM head
     (the real vocabulary): loss, gradients of both, and the peak memory of each forward + backward."""
     from lrt.config import LossTerm
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     spec = ARCHS[arch]
     V, H = spec["vocab_size"], spec["hidden_size"]
@@ -230,7 +230,7 @@ def qlora_roundtrip(work: Path, arch: str, steps: int = 2) -> dict[str, Any]:
     from lrt.rerank import Reranker
     from lrt.testing.tiny import random_examples
     from lrt.train.data import prompt_template
-    from lrt.train.loop import Trainer
+    from lrt.workflows.run import Run as Trainer  # fit() also exports RUN/final
 
     weights = save_weights(work, arch)
     examples = random_examples(8, 20, seed=5)

@@ -144,7 +144,7 @@ def test_every_bad_loss_param_is_reported(recipe, capsys, case, loss, needles):
 
 def test_the_objective_refuses_bad_lm_params_without_the_recipe_layer():
     from lrt.config import LossTerm
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     with pytest.raises(ValueError, match=r"params.normalize.*params.kernel"):
         Objective([LossTerm(name="lm", params={"normalize": "bogus", "kernel": "nope"})])

@@ -26,7 +26,7 @@ def front_matter(card: str) -> dict:
 @pytest.fixture(scope="module")
 def best_run(tiny_model_dir, tiny_data, tmp_path_factory):
     """Seeded run whose best evaluation is the untrained step 0 (lr 1e-3 hurts this tiny model's ranking)."""
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     out = tmp_path_factory.mktemp("card") / "run"
     rec = {
@@ -145,7 +145,7 @@ def test_plain_transformers_snippet_ranks_like_lrt(best_run):
 
 def test_select_best_without_kept_checkpoint_says_so(tiny_model_dir, tiny_data, tmp_path, caplog):
     """No train.save_every: the best step's weights were not kept; final/ is the last step and says why."""
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     rec = {
         "model": {"name_or_path": str(tiny_model_dir)},

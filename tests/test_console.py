@@ -98,7 +98,7 @@ def test_non_tty_progress_is_plain_lines(console_run):
 
 def test_interval_mean_equals_mean_of_steps(tiny_model_dir, tiny_data, tmp_path):
     from lrt.config import recipe_from_dict
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     rec = tiny_recipe(tiny_model_dir, tiny_data, tmp_path / "run", save_final=False, max_steps=4, log_every=2)
     rec["eval"] = {"at_start": False, "at_end": False}

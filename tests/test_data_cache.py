@@ -18,7 +18,7 @@ from lrt.data.cache import EncodedRows, LazyExamples
 from lrt.train.data import prepare_data
 from lrt.train.dist import DistEnv
 from lrt.train.loop import Trainer
-from lrt.train.objective import Objective
+from lrt.objective.objective import Objective
 
 ENV1 = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 

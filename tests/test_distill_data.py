@@ -79,7 +79,7 @@ def test_teacher_scores_stay_with_their_candidates_through_cache_window_and_coll
     from lrt.data.collate import ListwiseCollator
     from lrt.train.data import prepare_data
     from lrt.train.dist import DistEnv
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     exs = _examples(6, 5)
     train = write_examples(exs, tmp_path / "train.jsonl")

@@ -28,7 +28,7 @@ def test_cache_num_proc_2_equals_uncached(tiny_model_dir, tiny_data, tmp_path):
 
     from lrt.train.data import prepare_data
     from lrt.train.dist import DistEnv
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     raw = {"model": {"name_or_path": tiny_model_dir}, "data": {"train": str(tiny_data / "train.jsonl"), "max_length": 512},
            "prompt": {"preset": "compact"}, "output_dir": str(tmp_path)}

@@ -18,7 +18,7 @@ import yaml
 
 from lrt.cli import main
 from lrt.data.schema import load_examples, write_examples
-from lrt.train.loop import eval_judgements, eval_ndcg, metric_keys
+from lrt.train.evaluation import eval_judgements, eval_ndcg, metric_keys
 
 DATA = Path(__file__).resolve().parents[1] / "lrt" / "resources" / "data" / "fullrank"
 RUNS = {"bm25": ("dl19-bm25_top100.txt", 0.5058, 0.5456),
@@ -96,7 +96,7 @@ def test_in_training_ndcg_is_trec_eval_with_full_qrels(name, identity_model, tin
 
 def test_teacher_only_rows_are_named_teacher(tmp_path):
     from lrt.testing.tiny import random_examples
-    from lrt.train.loop import eval_judgements, eval_ndcg, headline_key, metric_keys
+    from lrt.train.evaluation import eval_judgements, eval_ndcg, headline_key, metric_keys
 
     exs = random_examples(4, 5, graded=False)
     qrels, kind = eval_judgements(exs)
@@ -109,7 +109,7 @@ def test_teacher_only_rows_are_named_teacher(tmp_path):
 def test_eval_qrels_file_must_cover_the_eval_queries(tmp_path):
     from lrt.errors import LrtError
     from lrt.testing.tiny import random_examples
-    from lrt.train.loop import eval_judgements
+    from lrt.train.evaluation import eval_judgements
 
     with pytest.raises(LrtError, match="none of the 2 eval query ids is judged"):
         eval_judgements(random_examples(2, 3), str(DATA / "qrels.dl19-passage.txt"))

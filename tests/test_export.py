@@ -12,7 +12,7 @@ import torch
 from lrt.config import recipe_from_dict
 from lrt.errors import LrtError
 from lrt.export import export_run
-from lrt.train.loop import Trainer
+from lrt.workflows.run import Run as Trainer  # fit() also exports RUN/final, as `lrt train`
 from _scale_helpers import max_diff, scores, windows
 from test_train import tiny_recipe
 

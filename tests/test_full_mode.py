@@ -20,7 +20,7 @@ N = 100
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    from lrt.train.loop import Trainer
+    from lrt.workflows.run import Run as Trainer  # fit() also exports RUN/final, as `lrt train`
 
     d = tmp_path_factory.mktemp("full100")
     write_examples(random_examples(3, N, seed=0), d / "train.jsonl")

@@ -43,7 +43,7 @@ def assert_refused(p: subprocess.CompletedProcess, *needles: str) -> str:
 
 def _train(tiny_model_dir, tiny_data, out: Path, **model) -> Path:
     from lrt.config import recipe_from_dict
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     rec = tiny_recipe(tiny_model_dir, tiny_data, out, max_steps=2, save_every=1)
     rec["model"].update(model)

@@ -11,7 +11,7 @@ from lrt.config import LossTerm
 from lrt.data.collate import ListwiseCollator, encode_example
 from lrt.data.prompts import PromptTemplate
 from lrt.data.schema import Candidate, ListwiseExample
-from lrt.train.objective import Objective
+from lrt.objective.objective import Objective
 
 
 def test_multi_digit_identifier_tokens_get_their_rank_weight(tokenizers):

@@ -18,7 +18,7 @@ import yaml
 from lrt.config import recipe_from_dict
 from lrt.data.prompts import render_prompt
 from lrt.losses.lipo_k import perturbed_orders, teacher_order
-from lrt.train.lipo_k import answers, list_seeds, prefix_forward, sequence_logprobs
+from lrt.objective.lipo_k import answers, list_seeds, prefix_forward, sequence_logprobs
 from lrt.train.loop import Trainer
 
 BETA, K = 0.5, 4
@@ -256,7 +256,7 @@ def test_lrt_train_lipo_k_in_train_mode_with_and_without_checkpointing(monkeypat
     import test_train_mode as tm
 
     from lrt.cli import main as cli_main
-    from lrt.train.module import RerankModule
+    from lrt.objective.module import RerankModule
 
     loss = [{"name": "lipo_k", "weight": 1.0, "params": {"num_rankings": 3, "beta": 0.5}}]
     runs = {}
@@ -297,8 +297,8 @@ def test_lipo_k_step_has_no_full_logits():
     from lrt.config import LossTerm
     from lrt.data.collate import ListwiseCollator
     from lrt.testing.tiny import tiny_llama
-    from lrt.train.module import RerankModule
-    from lrt.train.objective import Objective
+    from lrt.objective.module import RerankModule
+    from lrt.objective.objective import Objective
 
     V, H, B, T, CHUNK, KK = 1031, 48, 2, 200, 16, 4
     model = tiny_llama(V, hidden=H, layers=2, heads=4, seed=0)

@@ -12,7 +12,7 @@ import torch
 
 from lrt.config import load_recipe
 from lrt.errors import LrtError
-from lrt.train.loop import Trainer
+from lrt.workflows.run import Run as Trainer  # fit() also exports RUN/final, as `lrt train`
 
 from _scale_helpers import REPO, max_diff, scores, windows
 

@@ -15,8 +15,8 @@ from lrt.bench.guard import TensorRecorder, max_vocab_rows, vocab_violations
 from lrt.bench.train_step import PAD, loss_terms, lrt_step, naive_step, synthetic_rows
 from lrt.data.collate import ListwiseCollator
 from lrt.testing.tiny import tiny_llama
-from lrt.train.module import RerankModule
-from lrt.train.objective import Objective
+from lrt.objective.module import RerankModule
+from lrt.objective.objective import Objective
 
 V, H, B, T, CHUNK = 1031, 48, 2, 200, 16  # V prime and H, T, CHUNK distinct: no shape coincidences
 

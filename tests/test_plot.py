@@ -79,7 +79,7 @@ def test_lrt_plot_errors(tmp_path, capsys):
 
 def test_training_writes_plots(tiny_model_dir, tiny_data, tmp_path):
     from lrt.config import recipe_from_dict
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     rec = {
         "model": {"name_or_path": str(tiny_model_dir)},

@@ -71,7 +71,7 @@ def test_two_processes_equal_one(pw_recipe, tmp_path):
     norms per step agree, i.e. the sampled groups and the global normalisation are the same."""
     from _scale_helpers import last_per_step, metrics, run
     from lrt.config import load_recipe
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     one = tmp_path / "one"
     train(load_recipe(pw_recipe, [f"output_dir={one}", "train.save_final=false", "train.max_steps=2"]))
@@ -92,7 +92,7 @@ def test_resume_draws_the_same_groups(pw_recipe, tmp_path):
     """Steps 3-4 of a run resumed from its step-2 checkpoint equal those of an uninterrupted run: the
     sampled negatives depend on (seed, step, list) only."""
     from lrt.config import load_recipe
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     common = ["train.schedule=constant", "train.save_final=false", "train.save_every=2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -19,7 +19,7 @@ TOKEN = "hf_lrtTestToken0123456789abcdefXYZ"
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     from lrt.config import recipe_from_dict
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     out = tmp_path_factory.mktemp("push") / "run"
     rec = tiny_recipe(tiny_model_dir, tiny_data, out, max_steps=2, save_every=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lrt.quickstart import MAX_P, MIN_GAIN
+from lrt.workflows.quickstart import MAX_P, MIN_GAIN
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
        "TOKENIZERS_PARALLELISM": "false"}

@@ -24,7 +24,7 @@ from lrt.data.prompts import (PromptTemplate, bos_outcome, encode_prompt, identi
                               render_target)
 from lrt.data.schema import Candidate, ListwiseExample
 from lrt.train.data import prompt_template
-from lrt.train.objective import Objective
+from lrt.objective.objective import Objective
 
 mistral_common = pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")

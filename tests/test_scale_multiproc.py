@@ -53,7 +53,7 @@ def recipe(tiny_model_dir, tiny_data, tmp_path_factory) -> Path:
 def reference(recipe, tmp_path_factory) -> dict[str, Path]:
     """1-process runs (in this pytest process) with the same global batch: 1 x 4 accumulation."""
     from lrt.config import load_recipe
-    from lrt.train.loop import train
+    from lrt.workflows.run import train
 
     out = {}
     for name, extra in (("full", []), ("lora", [LORA])):

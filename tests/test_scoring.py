@@ -13,7 +13,7 @@ from lrt.data.collate import ListwiseCollator, encode_example, identifier_token_
 from lrt.data.prompts import PromptTemplate
 from lrt.scoring import decoder_and_head, hidden_states, identifier_scores, target_nll
 from lrt.testing.tiny import random_examples, tiny_llama
-from lrt.train.objective import Objective
+from lrt.objective.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +149,8 @@ def test_scores_are_fp32_under_bf16_autocast():
 def test_losses_and_lipo_logprobs_are_fp32_under_bf16_autocast(setup, lora):
     """The whole loss of a step (lm + ranknet + LiPO with its reference log-probs) computed under
     bf16 autocast equals the same computation in fp32 from the same hidden states."""
-    from lrt.train.module import RerankModule
-    from lrt.train.objective import identifier_logprobs
+    from lrt.objective.module import RerankModule
+    from lrt.objective.objective import identifier_logprobs
 
     tok, _, encs, _ = setup
     model = tiny_llama(len(tok), hidden=32, layers=2, heads=2, seed=4)

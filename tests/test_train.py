@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from lrt.config import load_recipe, recipe_from_dict
-from lrt.train.loop import Trainer, train
+from lrt.train.loop import Trainer
+from lrt.workflows.run import train
 
 REPO = Path(__file__).resolve().parents[1]
 

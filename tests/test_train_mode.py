@@ -110,7 +110,7 @@ def probed(monkeypatch):
 
 def _probed(monkeypatch):
     import lrt.train.loop as loop
-    from lrt.train.module import RerankModule
+    from lrt.objective.module import RerankModule
 
     probe = Probe()
     real_load, real_eval, real_ref = loop.load_model, loop.Trainer.evaluate, RerankModule.reference_logprobs

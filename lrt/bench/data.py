@@ -221,7 +221,7 @@ def _startup_worker(a: argparse.Namespace) -> int:
         import pyarrow  # noqa: F401
 
         import lrt.data.cache  # noqa: F401
-        import lrt.train.objective  # noqa: F401
+        import lrt.objective.objective  # noqa: F401
     lrt.modeling.load_tokenizer(r)
     gc.collect()
     before = _rss()
@@ -240,7 +240,7 @@ def _startup_worker(a: argparse.Namespace) -> int:
         keep = (exs, rows)
     else:
         from lrt.train.data import prepare_data
-        from lrt.train.objective import Objective
+        from lrt.objective.objective import Objective
 
         d = prepare_data(r, env, Objective.from_recipe(r))
         rows = d.rows

@@ -129,7 +129,8 @@ def encode_group(tokenizer: Any, t: PointwiseTemplate, ex: ListwiseExample, max_
     rel = list(ex.relevance[: len(cands)]) if ex.relevance is not None else None
     teacher = list(ex.teacher_scores[: len(cands)]) if ex.teacher_scores is not None else None
     return {"pairs": pairs, "ranks": ranks, "relevance": rel, "teacher_scores": teacher, "index": index,
-            "length": sum(len(p) for p in pairs), "truncated": any(cut for _, cut in enc)}
+            "length": sum(len(p) for p in pairs), "truncated": any(cut for _, cut in enc),
+            "pairs_cut": sum(cut for _, cut in enc)}  # pairs whose body was cut to fit max_length
 
 
 class GroupRows(list):

@@ -4,7 +4,7 @@ The "responses" are K permutation strings `[C] > [A] > ...` of the query's candi
 ranking and seeded perturbations of it. Each response k has a label ψ_k = its nDCG against the
 teacher (graded relevance if the data has it, else linear gains n + 1 − r from the teacher ranks)
 and an implicit reward s_k = β (log π_θ(y_k | x) − log π_ref(y_k | x)) from whole-answer
-sequence log-probs (computed in `lrt.train.lipo_k`). The loss is LiPO-λ over those K responses:
+sequence log-probs (computed in `lrt.objective.lipo_k`). The loss is LiPO-λ over those K responses:
 Σ_{ψ_i > ψ_j} Δ_ij · log(1 + exp(−(s_i − s_j))), Δ_ij the LambdaRank weight with G = 2^ψ − 1 at
 the current ranking of the responses by s (`lrt.losses.pairwise.lipo_lambda`, gain `exp`).
 

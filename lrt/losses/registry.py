@@ -61,7 +61,7 @@ def _lookup(name: str) -> RankingLoss:
     return known[name]
 
 
-# The `lm` term is not a ranking loss (it reads hidden states, see lrt.train.objective) but its
+# The `lm` term is not a ranking loss (it reads hidden states, see lrt.objective.objective) but its
 # params are recipe data too: each is checked here, so `normalize: bogus` cannot silently mean "tokens".
 LM_PARAMS: dict[str, str] = {
     "importance": "true or false (fullrank importance-aware token weights)",

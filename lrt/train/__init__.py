@@ -1,22 +1,4 @@
-"""Training: objective, the DDP/DeepSpeed-wrapped module, loop, checkpoints, metrics.
-
-The package is also the Python entry point: `lrt.train(recipe)` trains and returns a `TrainResult`
-(the loop and its heavy imports load on the first call).
+"""Training: the Trainer and its parts (data, step, checkpoint store, preemption, evaluation,
+console, metrics). The trainer trains: `Trainer(recipe).fit()` returns the run (TrainResult); the
+composition train -> export -> plots is lrt.workflows.run (also `lrt.train(recipe)`, lrt/__init__.py).
 """
-from __future__ import annotations
-
-import sys
-import types
-from typing import Any
-
-
-class _TrainModule(types.ModuleType):
-    """`lrt.train` stays a package (lrt.train.loop, ...) and is callable as `lrt.train(recipe)`."""
-
-    def __call__(self, recipe: Any) -> Any:
-        from lrt.train.loop import train
-
-        return train(recipe)
-
-
-sys.modules[__name__].__class__ = _TrainModule

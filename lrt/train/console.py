@@ -7,10 +7,15 @@ Everything goes to stderr (stdout stays for results a script may parse).
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, Sequence
 
+from lrt.families import get as family
 from lrt.progress import is_tty
+from lrt.train.evaluation import FIRST_STAGE_WARN, headline_keys
+
+PASSAGE_SAMPLE = 20000  # passages tokenised for the summary's truncation figures (the first lists')
 
 
 def emit(text: str) -> None:
@@ -52,6 +57,87 @@ def list_stats(rows: Sequence[dict[str, Any]], max_length: int) -> dict[str, int
             "tokens_max": max(lens, default=0), "truncated": cut, "max_length": max_length}
 
 
+def pair_stats(rows: Sequence[dict[str, Any]], max_length: int) -> dict[str, int]:
+    """Pointwise rows (one group of pair sequences per list): pairs, tokens per pair (p50, p95, max)
+    and how many pairs were cut to fit data.max_length (the budget of one pair)."""
+    lens = [len(p) for r in rows for p in r["pairs"]]
+    return {"lists": len(rows), "pairs": len(lens), "tokens_p50": _pct(lens, 50), "tokens_p95": _pct(lens, 95),
+            "tokens_max": max(lens, default=0), "truncated": int(sum(r.get("pairs_cut", 0) for r in rows)),
+            "max_length": max_length}
+
+
+def passage_stats(tok: Any, examples: Sequence[Any], max_passage_tokens: int, window: int | None,
+                  sample: int = PASSAGE_SAMPLE) -> dict[str, Any]:
+    """Truncation per passage (issue 23): of the training lists' passages (the first `sample` of them,
+    tokenised as the prompt encodes a passage), tokens p50/p95/max and the share longer than
+    prompt.max_passage_tokens, i.e. cut. Lists cut further to fit data.max_length are counted apart."""
+    from lrt.data.prompts import passage_text
+
+    texts: list[str] = []
+    total = 0
+    for ex in examples:
+        cands = ex.candidates[:window] if window else ex.candidates
+        total += len(cands)
+        if len(texts) < sample:
+            texts.extend(passage_text(c.text, c.title) for c in cands[: sample - len(texts)])
+    lens = [len(x) for x in tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]] if texts else []
+    cut = sum(n > max_passage_tokens for n in lens)
+    return {"passages": total, "sampled": len(lens), "tokens_p50": _pct(lens, 50), "tokens_p95": _pct(lens, 95),
+            "tokens_max": max(lens, default=0), "cut": cut, "cut_share": cut / len(lens) if lens else 0.0,
+            "max_passage_tokens": max_passage_tokens}
+
+
+def run_summary(t: Any) -> dict[str, Any]:
+    """What the start-of-run summary says, as data (also written to run_summary.json)."""
+    from lrt.train.zero import zero_stage
+
+    r = t.r
+    trainable, total = count_params(t.module.model)
+    spe = t.sampler.steps_per_epoch
+    s: dict[str, Any] = {
+        "model": r.model.name_or_path, "lora_r": r.model.lora.r if r.model.lora else None,
+        "trainable_params": trainable, "total_params": total, "scoring": t.family.name,
+        "objective": " + ".join(f"{x.weight:g} x {x.name}" for x in r.loss),
+        "lists": list_stats(t.rows, r.data.max_length), "eval_queries": len(t.eval_examples),
+        "eval_every": r.eval.every, "global_batch": t.sampler.global_batch,
+        "per_device": r.train.per_device_batch_size, "grad_accum": r.train.grad_accum,
+        "world_size": t.env.world, "steps": t.total_steps, "steps_per_epoch": spe,
+        "epochs": t.total_steps / max(spe, 1), "start_step": t.step, "precision": r.train.precision,
+        "dtype": r.model.dtype, "backend": t._backend_name(), "zero_stage": zero_stage(t.ds_cfg),
+        "device": str(t.env.device), "trackers": t.metrics.active, "output_dir": str(t.out),
+    }
+    if t.family.pairs:
+        s["pairs"] = pair_stats(t.rows, r.data.max_length)
+    s["passages"] = passage_stats(t.tok, t.train_examples, r.prompt.max_passage_tokens, r.data.window)
+    pad = getattr(t.sampler, "padding_fraction", None)
+    if pad is not None and r.train.per_device_batch_size > 1:  # one list per micro-batch pads nothing
+        s["padding"] = {"grouped": bool(t.sampler.grouped), "ungrouped": pad(grouped=False),
+                        "with_grouping": pad(grouped=True)}
+    return s
+
+
+def print_summary(t: Any) -> dict[str, Any]:
+    """The start-of-run summary (rank 0): printed, and saved as output_dir/run_summary.json."""
+    s = run_summary(t)
+    emit(format_summary(s))
+    (t.out / "run_summary.json").write_text(json.dumps(s, indent=1), encoding="utf-8")
+    return s
+
+
+def report_eval(res: dict[str, Any], history: Sequence[dict[str, Any]]) -> None:
+    """One evaluation line with the initial order and the best so far; a warning when the model
+    keeps reproducing the first-stage order after training started."""
+    key, _ = headline_keys(res)
+    best = max((h for h in history if key and isinstance(h.get(key), (int, float))), key=lambda h: h[key],
+               default=None)
+    emit(format_eval(res, best))
+    share = res.get("eval/first_stage_order")
+    if isinstance(share, float) and share >= FIRST_STAGE_WARN and res.get("step", 0) > 0:
+        emit(f"warning: step {res.get('step')}: {100 * share:.0f}% of eval queries keep the first-stage order in "
+             "their top 10: the model may only reproduce its input order (check the teacher labels, the "
+             "learning rate and whether the model can read the data: `lrt validate`)")
+
+
 def _human(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -71,13 +157,11 @@ def _padding(p: dict[str, Any]) -> str:
 
 def format_summary(s: dict[str, Any]) -> str:
     tr, tot = s["trainable_params"], s["total_params"]
-    ls = s["lists"]
     rows = [
         ("model", f"{s['model']}" + (f" + LoRA r={s['lora_r']}" if s.get("lora_r") else "")),
         ("parameters", f"{_human(tr)} trainable of {_human(tot)} ({100 * tr / max(tot, 1):.2f}%)"),
         ("objective", s["objective"]),
-        ("train lists", f"{ls['lists']}; tokens per list p50 {ls['tokens_p50']}, p95 {ls['tokens_p95']}, "
-                        f"max {ls['tokens_max']} (max_length {ls['max_length']}); {ls['truncated']} cut to fit"),
+        *family(s.get("scoring", "first_token")).summary_rows(s),
         ("eval queries", str(s["eval_queries"]) + (f", every {s['eval_every']} steps" if s.get("eval_every") else "")),
         ("batch", f"global {s['global_batch']} lists = {s['per_device']} per device x {s['grad_accum']} accum "
                   f"x {s['world_size']} processes"),
@@ -94,16 +178,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(["lrt run"] + [f"  {k:<{w}}  {v}" for k, v in rows])
 
 
-def ndcg_keys(res: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(model metric key, initial-order key): `eval/nDCG@10` with full qrels, or a variant such as
-    `eval/nDCG@10_candidates` when only candidate grades exist."""
-    keys = [k for k in res if k.startswith("eval/nDCG@10")]
-    main = next((k for k in ("eval/nDCG@10", "eval/nDCG@10_candidates", "eval/nDCG@10_teacher") if k in res),
-                keys[0] if keys else None)
-    if main is None:
-        return None, None
-    init = main.replace("eval/", "eval/initial_", 1)
-    return main, init if init in res else None
+ndcg_keys = headline_keys  # the one definition (lrt.train.evaluation); the name plots import
 
 
 def format_eval(res: dict[str, Any], best: dict[str, Any] | None) -> str:
@@ -119,4 +194,6 @@ def format_eval(res: dict[str, Any], best: dict[str, Any] | None) -> str:
     if best is not None and best.get(main) is not None:
         parts.append(f"best {best[main]:.4f} at step {best.get('step')}")
     q = f" on {res['eval/queries']} queries" if "eval/queries" in res else ""
+    fs = res.get("eval/first_stage_order")
+    q += f"; top 10 = first-stage order for {100 * fs:.0f}%" if isinstance(fs, float) else ""
     return f"eval step {res.get('step')}: {name} {v:.4f}" + (f" ({'; '.join(parts)})" if parts else "") + q

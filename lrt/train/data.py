@@ -22,17 +22,9 @@ from lrt.data.collate import encode_example
 from lrt.data.prompts import PromptTemplate, max_candidates
 from lrt.data.schema import ListwiseExample, load_examples
 from lrt.errors import LrtError
+from lrt.families.listwise import prompt_template  # noqa: F401  (re-exported: lrt.train.data.prompt_template)
 
 log = logging.getLogger("lrt")
-
-
-def prompt_template(r: Recipe) -> PromptTemplate:
-    p = r.prompt
-    return PromptTemplate.preset(
-        p.preset, system=p.system, prefix=p.prefix, suffix=p.suffix, passage=p.passage,
-        identifiers=p.identifiers, max_passage_tokens=p.max_passage_tokens, chat_template=p.chat_template,
-        system_in_user=p.system_in_user, bos=p.bos,
-    )
 
 
 def load_split(r: Recipe, source: str) -> list[ListwiseExample]:
@@ -385,7 +377,7 @@ def prepare_data(r: Recipe, env: Any, objective: Any, shard: tuple[int, int] | N
                 log.warning("eval: first-token evaluation cannot run, so eval.every/eval.at_end will be skipped "
                             "for the whole run: %s", e)
     if id_ids is not None and getattr(objective, "sequence_terms", None):
-        from lrt.train.lipo_k import check_substitution
+        from lrt.objective.lipo_k import check_substitution
 
         check_substitution(tok, template, n)  # lipo_k builds permuted answers by swapping identifier tokens
     t1 = time.perf_counter()
@@ -433,11 +425,20 @@ def ensure_encoded(root: Path, train: Any, tok: Any, params: dict[str, Any], enc
 
 
 # ---- `lrt prep tokenize` -------------------------------------------------------------------------
+def prepare_family_data(r: Recipe, env: Any, objective: Any, family: Any) -> TrainData:
+    """The training data of `family`: pair groups encoded in memory, or listwise rows from the cache."""
+    if family.pairs:
+        from lrt.train.pointwise import prepare_pointwise_data
+
+        return prepare_pointwise_data(r, env, objective)
+    return prepare_data(r, env, objective)
+
+
 def tokenize_main(argv: Sequence[str]) -> int:
     """Build the tokenised cache of a recipe ahead of training (optionally one contiguous shard)."""
     from lrt.config import load_recipe
     from lrt.train.dist import DistEnv
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     p = argparse.ArgumentParser(prog="lrt prep tokenize", description=tokenize_main.__doc__)
     p.add_argument("recipe")

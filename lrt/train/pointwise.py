@@ -1,5 +1,5 @@
-"""Training glue for `scoring.mode: pointwise`: data (every list encoded as its pair sequences) and
-the module DDP wraps (groups of pairs -> [B, N] yes/no scores -> the recipe's ranking terms).
+"""Training data for the pointwise family: every list encoded as its pair sequences (the module DDP
+wraps is lrt.objective.pointwise.PointwiseModule; the template lrt.families.pointwise).
 
 The pair rows are encoded in memory (the tokenised cache stores listwise rows only).
 """
@@ -9,23 +9,11 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from lrt.config import Recipe, resolve_path
-from lrt.data.pointwise import GroupRows, PointwiseTemplate, encode_group, yes_no_ids
-from lrt.scoring import decoder_and_head, full_precision, group_scores, pointwise_scores
-from lrt.train.objective import Objective
-
-
-def pointwise_template(r: Recipe) -> PointwiseTemplate:
-    """The preset's pair template with the recipe's own parts: `prompt.prefix` / `prompt.suffix`
-    replace the text before / after the pair body, `scoring.instruction` fills {instruction},
-    `prompt.bos=always` puts the tokenizer's BOS first (auto and never: none, as the presets'
-    published usage code). `prompt.system` and `prompt.passage` are refused by the recipe check."""
-    return PointwiseTemplate.preset(r.prompt.preset, instruction=r.scoring.instruction, prefix=r.prompt.prefix,
-                                    suffix=r.prompt.suffix, max_passage_tokens=r.prompt.max_passage_tokens,
-                                    bos=r.prompt.bos == "always")
+from lrt.data.pointwise import GroupRows, encode_group, yes_no_ids
+from lrt.families.pointwise import pointwise_template  # noqa: F401  (re-exported)
+from lrt.objective.objective import Objective
 
 
 def prepare_pointwise_data(r: Recipe, env: Any, objective: Objective) -> Any:
@@ -58,27 +46,3 @@ def prepare_pointwise_data(r: Recipe, env: Any, objective: Objective) -> Any:
     lengths = np.asarray([x["length"] for x in rows], dtype=np.int64)
     return TrainData(train, evals, tok, template, None, rows, lengths,  # type: ignore[arg-type]
                      seconds={"load": t1 - t0, "encode": time.perf_counter() - t1})
-
-
-class PointwiseModule(nn.Module):
-    """Groups of (query, passage) sequences -> [B, N] scores = logit(yes) - logit(no) -> loss terms."""
-
-    def __init__(self, model: nn.Module, objective: Objective, yes_id: int, no_id: int, pair_batch: int | None) -> None:
-        super().__init__()
-        self.model, self.objective = model, objective
-        self.yes_id, self.no_id, self.pair_batch = yes_id, no_id, pair_batch
-        _, head = decoder_and_head(model)
-        if hasattr(head.weight, "ds_id"):  # ZeRO-3: the yes/no rows are read outside the head's forward
-            import deepspeed
-
-            deepspeed.zero.register_external_parameter(self, head.weight)
-
-    def forward(  # type: ignore[override]
-        self, batch: dict[str, torch.Tensor], dens: dict[str, float], scale: float
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        flat = pointwise_scores(self.model, batch, self.yes_id, self.no_id, self.pair_batch)
-        with full_precision(flat):
-            scores = group_scores(flat, batch["pair_index"])
-            nums = self.objective.score_numerators(scores, batch)
-            loss = self.objective.combine(nums, dens, scale)
-        return loss, {k: v.detach() for k, v in nums.items()}

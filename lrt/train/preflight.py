@@ -105,11 +105,13 @@ def preflight(r: Recipe, sample: int = 64, max_unknown_share: float = 0.2) -> Pr
 
 def _encode_sample(r: Recipe, tok: Any, exs: list, out: Preflight) -> None:
     """Encode the sampled lists exactly as training does: chat template, identifiers, the length budget."""
-    if r.pointwise:
-        from lrt.data.pointwise import encode_group, yes_no_ids
-        from lrt.train.pointwise import pointwise_template
+    from lrt.families import of_recipe
 
-        t = pointwise_template(r)
+    family = of_recipe(r)
+    if family.pairs:
+        from lrt.data.pointwise import encode_group, yes_no_ids
+
+        t = family.template(r)
         yes_no_ids(tok, t)
         groups = [encode_group(tok, t, ex, r.data.max_length, r.data.window) for ex in exs]
         pairs = [p for g in groups for p in g["pairs"]]
@@ -121,7 +123,7 @@ def _encode_sample(r: Recipe, tok: Any, exs: list, out: Preflight) -> None:
         return
     from lrt.data.collate import encode_example, identifier_token_ids
     from lrt.train.data import prompt_template
-    from lrt.train.objective import Objective
+    from lrt.objective.objective import Objective
 
     template = prompt_template(r)
     scores = Objective.from_recipe(r).needs_scores

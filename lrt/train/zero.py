@@ -93,7 +93,7 @@ def is_partitioned(model: nn.Module) -> bool:
 def gather_on_rank0(model: nn.Module, is_main: bool, only_trainable: bool = True) -> dict[str, torch.Tensor] | None:
     """CPU copies of the (trainable) parameters on rank 0; every rank must call this (under ZeRO-3
     each tensor is all-gathered collectively, one at a time, so peak memory is one tensor)."""
-    from lrt.train.module import gathered
+    from lrt.objective.module import gathered
 
     out: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():

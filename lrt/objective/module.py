@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lrt.scoring import decoder_and_head, eval_mode, full_precision, hidden_states
-from lrt.train.objective import Objective
+from lrt.objective.objective import Objective
 
 
 class RerankModule(nn.Module):
@@ -44,7 +44,7 @@ class RerankModule(nn.Module):
         bias = getattr(head, "bias", None)
         seq = None
         if self.objective.sequence_terms:  # lipo_k: the row forward keeps its KV cache for the K answers
-            from lrt.train.lipo_k import prefix_forward
+            from lrt.objective.lipo_k import prefix_forward
 
             h, cache = prefix_forward(decoder, batch)
             seq = self.sequence_inputs(batch, decoder, head, h, cache)
@@ -62,7 +62,7 @@ class RerankModule(nn.Module):
         """(policy, reference, labels) [B, K] per `lipo_k` term: K rankings of each list (teacher +
         seeded perturbations), their nDCG labels, whole-answer log-probs under both models."""
         from lrt.losses.lipo_k import perturbed_orders, ranking_labels
-        from lrt.train import lipo_k as lk
+        from lrt.objective import lipo_k as lk
 
         out: dict[str, tuple[torch.Tensor, ...]] = {}
         chunk = self.objective.chunk_rows(head.weight.shape[0])
@@ -83,7 +83,7 @@ class RerankModule(nn.Module):
     def reference_sequence_logprobs(self, batch: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor,
                                     start: torch.Tensor, chunk: int) -> torch.Tensor:
         """The frozen reference's whole-answer log-probs [B, K] (eval mode, no grad)."""
-        from lrt.train import lipo_k as lk
+        from lrt.objective import lipo_k as lk
 
         ref_model, ctx = self._reference_model(batch)
         with ctx, eval_mode(ref_model):
@@ -105,7 +105,7 @@ class RerankModule(nn.Module):
         the initial policy, no extra memory), or the frozen copy made at construction. Run in eval
         mode: pi_ref is the model itself, without NEFTune noise or dropout."""
         from lrt.scoring import identifier_scores
-        from lrt.train.objective import identifier_logprobs
+        from lrt.objective.objective import identifier_logprobs
 
         if self._reference is None:
             ctx = self.model.disable_adapter()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lrt.config import PACKAGE_DIR, load_recipe
 from lrt.errors import LrtError
+from lrt.families import of_recipe
 
 RECIPE = PACKAGE_DIR / "resources" / "recipes" / "quickstart.yaml"
 RECIPES = {"first_token": RECIPE, "pointwise": PACKAGE_DIR / "resources" / "recipes" / "quickstart-pointwise.yaml"}
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(a.recipe, [f"data.train={data['train']}", f"data.eval={data['eval']}",
                                     f"output_dir={out / 'run'}", "train.resume=none",
                                     "train.overwrite_output_dir=true", *cap, *a.overrides])  # a re-run starts over
-    from lrt.train.loop import Trainer
+    from lrt.workflows.run import Run
 
-    trainer = Trainer(recipe)
+    trainer = Run(recipe)  # fit(): train, then RUN/final and the plots
     try:
         res = trainer.fit()
     finally:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     first, last = res.eval_history[0], res.eval_history[-1]
     # reload the exported checkpoint and rerank the held-out queries again: same ordering expected
     from lrt.rerank import Reranker
-    from lrt.train.loop import eval_judgements, eval_ndcg, headline_key
+    from lrt.train.evaluation import eval_judgements, eval_ndcg, headline_keys
 
     t_rr = time.perf_counter()
     rr = Reranker.from_pretrained(res.final_dir, device="cpu")  # the export's own mode (pointwise or first-token)
@@ -106,18 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     exported = {q: [d for d, _ in v] for q, v in ranked.items()}
     same = exported == trainer.last_rankings
     qrels, kind = eval_judgements(trainer.eval_examples, recipe.eval.qrels)
-    key = headline_key(last)  # the demo rows grade their candidates only: eval/nDCG@10_candidates
-    init_key = key.replace("eval/nDCG@10", "eval/initial_nDCG@10")
+    key, init_key = headline_keys(last)  # the demo rows grade their candidates only: eval/nDCG@10_candidates
     from lrt.evaluate import paired_test, per_query_ndcg
 
     initial = {e.qid: [c.docid for c in e.candidates] for e in trainer.eval_examples}
     trained_q = per_query_ndcg(exported, qrels)
     tests = {"vs_initial_order": paired_test(trained_q, per_query_ndcg(initial, qrels))}
-    if first["step"] == 0 and getattr(trainer, "first_rankings", None):
+    if first["step"] == 0 and trainer.first_rankings:
         tests["vs_backbone"] = paired_test(trained_q, per_query_ndcg(trainer.first_rankings, qrels))
     shown = all(t["mean_diff"] >= MIN_GAIN and t["p"] < MAX_P for t in tests.values()) and len(tests) == 2
     summary = {
-        "mode": "pointwise" if recipe.pointwise else "first_token",
+        "mode": of_recipe(recipe).name,
         "heldout_queries": len(exported),
         "candidates_per_query": TASK["n_candidates"],
         "nDCG@10_initial_order": round(last[init_key], 4),

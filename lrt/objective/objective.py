@@ -17,7 +17,7 @@ from lrt.scoring import identifier_scores, target_nll
 
 
 REFERENCE_LOSSES = {"lipo_lambda"}  # scored as beta * (log p_policy - log p_reference)
-SEQUENCE_LOSSES = {"lipo_k"}  # K whole-answer log-probs per list (lrt.train.lipo_k), policy vs reference
+SEQUENCE_LOSSES = {"lipo_k"}  # K whole-answer log-probs per list (lrt.objective.lipo_k), policy vs reference
 SAMPLED_LOSSES = {"pg_rank"}  # sample rankings: given each list's seed (batch["list_seed"], see lrt.train.data)
 
 

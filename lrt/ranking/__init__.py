@@ -1,6 +1,7 @@
 """The in-process ranking engine, shared by in-training evaluation (`lrt.train`) and `lrt rerank`
 (`lrt.rerank`, which adds loading exports and the OpenAI-compatible backend on top).
 
+- `defaults`: the eval window and the first-stage diagnostic, shared by training, export and rerank;
 - `meta`: what an export records (`RerankerMeta`, `lrt_reranker.json`) and its tokenizer;
 - `modes`: the rerank modes and which ranker runs each (`RANKERS`, `ranker_class`);
 - `windows`: the sliding-window plan and the score rule (`monotone_scores`, `final_scores`);
@@ -11,6 +12,9 @@
 """
 from __future__ import annotations
 
+from lrt.ranking.defaults import (
+    DEFAULT_WINDOW, FIRST_STAGE_K, FIRST_STAGE_WARN, default_window, first_stage_counts, first_stage_share,
+)
 from lrt.ranking.inprocess import InProcessScorer, answer_logsumexp
 from lrt.ranking.listwise import ListwiseRanker, Mode
 from lrt.ranking.meta import META_FILE, TOKENIZER_FILES, RerankerMeta, load_export_tokenizer
@@ -31,6 +35,7 @@ def ranker_class(mode: str) -> type:
 
 
 __all__ = [
+    "DEFAULT_WINDOW", "FIRST_STAGE_K", "FIRST_STAGE_WARN", "default_window", "first_stage_counts", "first_stage_share",
     "GenerateRequest", "InProcessScorer", "LISTWISE_MODES", "ListwiseRanker", "META_FILE", "MODES", "Mode",
     "PAIR_MODES", "PairRanker", "Query", "RANKERS", "RerankStats", "RerankerMeta", "SCORE_STEP", "ScoreRequest",
     "TOKENIZER_FILES", "Window", "WindowScorer", "answer_logsumexp", "check_mode", "default_mode", "final_scores",

@@ -15,8 +15,18 @@ import torch
 from lrt.data.pointwise import PointwiseTemplate
 from lrt.data.prompts import PromptTemplate
 from lrt.errors import LrtError
-from lrt.ranking import META_FILE, ListwiseRanker, Mode, PairRanker, RerankerMeta, load_export_tokenizer, pair_mode
+from lrt import families
+from lrt.families import Family
+from lrt.ranking import META_FILE, ListwiseRanker, Mode, PairRanker, RerankerMeta, load_export_tokenizer
 from lrt.rerank.load import load_export_model
+
+
+def family_of(meta: RerankerMeta, path: str | Path) -> Family:
+    """The scoring family of an export, or one error naming its lrt_reranker.json."""
+    try:
+        return families.of_meta(meta)
+    except LrtError as e:
+        raise LrtError(f"{path}/{META_FILE}: {e}; re-export the model with `lrt export`") from None
 
 
 def _overrides(meta: RerankerMeta, mode: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -41,11 +51,13 @@ class Reranker(ListwiseRanker):
         if not Path(path).is_dir():
             raise LrtError(f"{path}: not a directory; give an exported model (`lrt export` / RUN_DIR/final)")
         meta = RerankerMeta.load(path)
-        mode = mode or meta.default_mode  # type: ignore[assignment]
-        if pair_mode(meta.mode) != pair_mode(mode):
-            raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json) cannot rerank in mode {mode}: "
-                           + (f"use --mode {meta.mode}" if pair_mode(meta.mode) else "use first_token, full or generate"))
-        if pair_mode(mode):
+        fam = family_of(meta, path)
+        mode = mode or fam.default_rerank_mode  # type: ignore[assignment]
+        if families.of_rerank_mode(mode) is not fam:  # an unknown mode is one error there
+            raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json) cannot rerank in mode {mode}: use "
+                           + (f"--mode {fam.rerank_modes[0]}" if len(fam.rerank_modes) == 1
+                              else f"{', '.join(fam.rerank_modes[:-1])} or {fam.rerank_modes[-1]}"))
+        if fam.pairs:
             return PointwiseReranker.from_pretrained(path, device=device, dtype=dtype, **overrides)  # type: ignore[return-value]
         try:
             template = PromptTemplate.from_dict(meta.template)
@@ -76,7 +88,7 @@ class Reranker(ListwiseRanker):
             raise LrtError(f"{export}: not a directory; the openai backend needs the exported model directory "
                            "(--export DIR) for its tokenizer and lrt_reranker.json")
         meta = RerankerMeta.load(export)
-        if pair_mode(mode) or pair_mode(meta.mode):
+        if families.of_rerank_mode(mode).pairs or family_of(meta, export).pairs:
             raise LrtError("the openai backend does not serve pointwise models: serve the sequence-classifier export "
                            "(`lrt export --to-seq-cls`) through vLLM's score API, or rerank with --backend hf")
         try:
@@ -98,7 +110,7 @@ class PointwiseReranker(PairRanker):
     def from_pretrained(cls, path: str | Path, *, device: str | None = None, dtype: torch.dtype | str = torch.float32,
                         **overrides: Any) -> "PointwiseReranker":
         meta = RerankerMeta.load(path)
-        if not pair_mode(meta.mode):
+        if not family_of(meta, path).pairs:
             raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json); --mode pointwise needs a pointwise export")
         try:
             template = PointwiseTemplate.from_dict(meta.template)

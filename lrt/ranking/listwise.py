@@ -45,14 +45,15 @@ from torch import nn
 
 from lrt.data.collate import Encoded, ListwiseCollator, encode_example, identifier_token_ids
 from lrt.data.parse import parse_permutation
-from lrt.data.prompts import ALPHA_MAX, PromptTemplate, identifier_labels, special_tokens
+from lrt.data.prompts import ALPHA_MAX, PromptTemplate, identifier_labels, passage_text, special_tokens
 from lrt.data.schema import Candidate, ListwiseExample
 from lrt.errors import DataError, LrtError
 from lrt.progress import Progress
 from lrt.ranking.inprocess import InProcessScorer
 from lrt.ranking.modes import check_mode, pair_mode
 from lrt.ranking.scorer import GenerateRequest, ScoreRequest, WindowScorer
-from lrt.ranking.stats import RerankStats
+from lrt.ranking.defaults import first_stage_counts
+from lrt.ranking.stats import RerankStats, passage_lengths
 from lrt.ranking.windows import Query, Window, final_scores, sliding_windows, unpack_window
 
 Mode = Literal["first_token", "full", "generate", "pointwise"]
@@ -167,6 +168,7 @@ class ListwiseRanker:
         self.identifier_ids(max(len(c) for _, _, c in unpacked))
         reqs = [ScoreRequest(qid, self.encode_window(it), self.identifier_ids(len(c)))
                 for it, (qid, _, c) in zip(items, unpacked)]
+        self._stats.windows_cut += sum(r.encoded.truncated for r in reqs)
         return self._scorer().score(reqs, self._stats)
 
     def generate_windows(self, items: Sequence[Window]) -> list[list[int]]:
@@ -181,6 +183,7 @@ class ListwiseRanker:
         for it in items:
             e = self.encode_window(it, for_generate=True)
             target = len(e.input_ids) - e.target_start
+            self._stats.windows_cut += e.truncated
             reqs.append(GenerateRequest(unpack_window(it)[0], e.input_ids[: e.target_start],
                                         target if self.gen_force_length else target + self.gen_margin,
                                         exact_length=self.gen_force_length))
@@ -246,6 +249,9 @@ class ListwiseRanker:
                  for qid, c in orders.items()}
         if mode == "full" and plans:
             self.identifier_ids(max(len(c) for c in orders.values()))  # fail before any forward pass
+        reranked = [passage_text(c.text, c.title) for qid, cands in orders.items() if plans[qid] for c in cands]
+        self._stats.count_passages(passage_lengths(self.tok, reranked), self.template.max_passage_tokens)
+        initial = {qid: [c.docid for c in cands] for qid, cands in orders.items()}
         raw: dict[str, dict[str, float]] = {qid: {} for qid in orders}  # docid -> score of the last window
         bar = Progress(sum(len(p) for p in plans.values()), self.progress_desc, unit="window",
                        enabled=os.environ.get("RANK", "0") == "0", leave=False)
@@ -260,8 +266,11 @@ class ListwiseRanker:
             self._stats.windows += len(active)
             bar.update(len(active))
         bar.close()
-        self._stats.seconds = time.perf_counter() - t0
-        self.last_stats = self._stats
+        st = self._stats
+        st.first_stage_same, st.first_stage_queries = first_stage_counts(
+            {qid: [c.docid for c in o] for qid, o in orders.items()}, initial, st.first_stage_k)
+        st.seconds = time.perf_counter() - t0
+        self.last_stats = st
         return {qid: final_scores([c.docid for c in o], raw[qid]) for qid, o in orders.items()}
 
     def rerank(

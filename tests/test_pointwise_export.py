@@ -57,7 +57,7 @@ def test_lrt_rerank_pointwise(pw_export, tmp_path, capsys):
                  files["corpus"], "--out", str(tmp_path / "d.trec"), "--device", "cpu"]) == 0
     assert open(tmp_path / "d.trec").read() == open(files["out"]).read()
     from lrt.rerank import Reranker
-    from lrt.rerank_pointwise import PointwiseReranker
+    from lrt.rerank import PointwiseReranker
 
     assert isinstance(Reranker.from_pretrained(pw_export, device="cpu"), PointwiseReranker)
     # a pointwise export in a listwise mode: one clear error

@@ -75,7 +75,7 @@ def test_cross_encoder_prompt_is_the_instruction(served):
     from sentence_transformers import CrossEncoder
 
     from lrt.rerank import RerankerMeta
-    from lrt.rerank_pointwise import PointwiseReranker
+    from lrt.rerank import PointwiseReranker
 
     pairs = [("quick fox", "the fox passage"), ("lazy dog", "a passage about the lazy dog")]
     lrt = PointwiseReranker.from_pretrained(str(served / "run/final"), device="cpu")
@@ -120,7 +120,7 @@ def test_lora_pointwise_run_exports_the_trained_adapter(pw_recipe, pw_model, tmp
     from transformers import AutoModelForCausalLM
 
     from lrt.cli import main
-    from lrt.rerank_pointwise import PointwiseReranker
+    from lrt.rerank import PointwiseReranker
 
     out = tmp_path / "run"
     assert main(["train", str(pw_recipe), f"output_dir={out}", "model.lora={r: 8, alpha: 16, dropout: 0.0}",
@@ -206,7 +206,7 @@ def test_zero3_two_processes_equal_one(pw_recipe, one_process, tiny_data, tmp_pa
     """ZeRO-3 with every parameter partitioned (persistence threshold 0, so the LM head too: its yes/no
     rows are read outside its forward): same steps, the same in-training evaluation (every rank reranks
     under ZeRO-3), and the gathered final/ scores like the plain run's."""
-    from lrt.rerank_pointwise import PointwiseReranker
+    from lrt.rerank import PointwiseReranker
 
     cfg = json.loads((REPO / "lrt/resources/launch/ds_zero3.json").read_text())
     cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0

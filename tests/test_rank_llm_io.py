@@ -11,7 +11,7 @@ from lrt.cli import main
 from lrt.data.prompts import PromptTemplate
 from lrt.data.schema import Candidate
 from lrt.errors import DataError
-from lrt.io.rank_llm import read_requests, write_requests
+from lrt.data.rank_llm import read_requests, write_requests
 from lrt.io.trec import read_run
 from lrt.rerank import RerankerMeta
 

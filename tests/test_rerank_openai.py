@@ -13,7 +13,7 @@ from lrt.data.prompts import PromptTemplate
 from lrt.errors import LrtError
 from lrt.io.trec import read_run
 from lrt.rerank import Reranker, RerankerMeta
-from lrt.rerank_openai import identifier_scores_by_id
+from lrt.rerank.openai import identifier_scores_by_id
 from lrt.testing.openai_server import LogprobServer
 from lrt.testing.tiny import random_examples, save_tiny_model
 
@@ -73,7 +73,7 @@ def test_identifiers_missing_from_top_k_are_counted_and_ranked_last(export, loca
         with torch.no_grad():
             logp = local.model(input_ids=torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
         top2 = set(logp.topk(2).indices.tolist())
-        id_ids = local._identifier_ids(len(cands))
+        id_ids = local.identifier_ids(len(cands))
         returned = sorted((j for j in range(len(cands)) if id_ids[j] in top2), key=lambda j: -float(logp[id_ids[j]]))
         missing = [j for j in range(len(cands)) if j not in returned]
         # the identifiers the server returned come first in the model's order, the missing ones after in place

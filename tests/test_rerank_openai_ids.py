@@ -94,7 +94,7 @@ def test_fallback_asks_a_fixed_top_k_and_counts_missing(twin_export):
         with torch.no_grad():
             logp = local.model(input_ids=torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
         top = set(logp.topk(20).indices.tolist())
-        expect += sum(i not in top for i in local._identifier_ids(len(cands)))
+        expect += sum(i not in top for i in local.identifier_ids(len(cands)))
     assert st.missing_identifiers == expect
 
 

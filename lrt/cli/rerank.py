@@ -13,7 +13,7 @@ order rather than dropped: dropping a query or document would silently change wh
 averages over. Output per query: the reranked top-k with the model's scores (the score rule of
 `lrt.rerank`), then top-k documents without text (skip mode), then the rest of the run in
 first-stage order, scored 1, 2, ... below the last reranked one: scores are unique and decreasing.
-An output path ending in .jsonl is written as rank_llm results (`lrt.io.rank_llm`).
+An output path ending in .jsonl is written as rank_llm results (`lrt.data.rank_llm`).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Any
 from lrt.errors import LrtError
 from lrt.io.atomic import atomic_write
 from lrt.rerank import BACKENDS, MODES
-from lrt.rerank_runfile import (Plan, check_export, check_output_path, merged, plan_inputs, plan_requests, same_file,
+from lrt.rerank.runfile import (Plan, check_export, check_output_path, merged, plan_inputs, plan_requests, same_file,
                                 write_output)
 
 ARGV_ENV = "LRT_RERANK_ARGV"
@@ -212,26 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 def _finish(a: argparse.Namespace, plan: Plan, ranked: dict[str, list[tuple[str, float]]], st: dict[str, Any],
             window: int, stride: int, nproc: int) -> None:
     write_output(a.out, plan, merged(plan, ranked), a.tag or f"lrt-{a.mode}")
-    n = max(1, len(plan.queries))
-    procs = f", {nproc} processes" if nproc > 1 else ""
-    print(f"reranked {len(plan.queries)} queries (mode {a.mode}, backend {a.backend}, top-{a.top_k}, window {window}, "
-          f"stride {stride}{procs}) in {st['seconds']:.1f} s ({1000 * st['seconds'] / n:.0f} ms/query, "
-          f"{st['windows']} windows); wrote {a.out}")
-    if st.get("valid_share") is not None:
-        print(f"generate: {st['valid']}/{st['windows']} outputs were valid permutations ({100 * st['valid_share']:.1f}%); "
-              f"repaired: {st['duplicates']} duplicate, {st['out_of_range']} out-of-range, {st['missing']} missing "
-              "identifiers")
-    if st.get("logprob_path") == "token_ids":
-        print("openai: identifier logprobs by token id (logprob_token_ids): every identifier scored, "
-              f"{st['missing_identifiers']} missing")
-    elif st.get("logprob_path") == "top_k":
-        print(f"openai: the server has no logprob_token_ids: identifiers scored from the top-{st['top_logprobs']} "
-              f"logprobs by token id")
-    if st.get("missing_identifiers"):
-        k = st.get("top_logprobs") or a.logprobs
-        print(f"openai: {st['missing_identifiers']} identifiers missing from the top-{k} logprobs in "
-              f"{st['windows_with_missing']}/{st['windows']} windows (scored below the returned ones, kept in their "
-              "current order); raise --logprobs (and the server's --max-logprobs) to score them all")
+    from lrt.rerank.summary import print_summary
+
+    print_summary(st, mode=a.mode, backend=a.backend, top_k=a.top_k, window=window, stride=stride, nproc=nproc,
+                  out=a.out, logprobs=a.logprobs, queries=len(plan.queries))
     if a.stats:
         rec = {**st, "processes": nproc, "skipped_queries": len(plan.skipped_queries), "skipped_docs": plan.skipped_docs}
         atomic_write(a.stats, lambda fh: fh.write((json.dumps(rec, indent=2) + "\n").encode("utf-8")))
@@ -257,22 +241,16 @@ def _main_distributed(a: argparse.Namespace, plan: Plan, common: dict[str, Any])
         rr = Reranker.from_pretrained(a.model, device=device, dtype=a.dtype, **common)
         mine = plan.queries[rank::world]
         ranked = rr.rerank_many(mine)
-        st = rr.last_stats.to_dict()
         parts: list[Any] = [None] * world
-        dist.all_gather_object(parts, (ranked, st))
+        dist.all_gather_object(parts, (ranked, rr.last_stats))
         if rank == 0:
+            from lrt.rerank import RerankStats
+
             allr: dict[str, list[tuple[str, float]]] = {}
-            total: dict[str, Any] = {}
-            for r, s in parts:  # type: ignore[misc]
+            for r, _ in parts:  # type: ignore[misc]
                 allr.update(r)
-                for k, v in s.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "valid_share":
-                        total[k] = max(total.get(k, 0), v) if k == "seconds" else total.get(k, 0) + v
-                    else:
-                        total.setdefault(k, v)
+            total = RerankStats.merge([s for _, s in parts]).to_dict()  # type: ignore[misc]
             total["queries"] = len(plan.queries)
-            if total.get("mode") == "generate" and total.get("windows"):
-                total["valid_share"] = total["valid"] / total["windows"]
             _finish(a, plan, allr, total, rr.window, rr.stride, world)
         dist.barrier()
     finally:

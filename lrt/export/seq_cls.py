@@ -10,7 +10,7 @@ from torch import nn
 
 from lrt.errors import LrtError
 from lrt.export.model import merge_lora
-from lrt.rerank import RerankerMeta
+from lrt.ranking import RerankerMeta
 
 
 def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False) -> Path:
@@ -24,7 +24,7 @@ def export_seq_cls(src: str | Path, out: str | Path, dtype: str | None = None, o
     from transformers import AutoModelForSequenceClassification
 
     from lrt.data.pointwise import PointwiseTemplate, yes_no_ids
-    from lrt.rerank import load_export_tokenizer
+    from lrt.ranking import load_export_tokenizer
 
     from lrt.export.dir import check_destination, staged
     from lrt.io.weights import check_weights

@@ -7,10 +7,10 @@ decided by comparing mode strings elsewhere. Adding a family: a module and one e
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from lrt.errors import LrtError
+from lrt.suggest import did_you_mean
 from lrt.families.base import Family
 from lrt.families.listwise import LISTWISE
 from lrt.families.pointwise import POINTWISE
@@ -24,8 +24,7 @@ def get(name: str) -> Family:
     """The family registered under `name`; an unknown name is one error with a did-you-mean."""
     fam = FAMILIES.get(name)
     if fam is None:
-        close = difflib.get_close_matches(str(name), list(FAMILIES), n=1, cutoff=0.5)
-        raise LrtError(f"unknown scoring family {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        raise LrtError(f"unknown scoring family {name!r}" + did_you_mean(name, FAMILIES, cutoff=0.5)
                        + f"; known: {', '.join(FAMILIES)}")
     return fam
 
@@ -50,6 +49,5 @@ def of_rerank_mode(mode: str) -> Family:
     for fam in FAMILIES.values():
         if mode in fam.rerank_modes:
             return fam
-    close = difflib.get_close_matches(str(mode), list(rerank_modes()), n=1, cutoff=0.5)
-    raise LrtError(f"unknown rerank mode {mode!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    raise LrtError(f"unknown rerank mode {mode!r}" + did_you_mean(mode, rerank_modes(), cutoff=0.5)
                    + f"; choose one of {', '.join(rerank_modes())}")

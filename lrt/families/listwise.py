@@ -28,9 +28,10 @@ def prompt_template(r: Recipe) -> Any:
 
 
 def export_window(r: Recipe) -> tuple[int, int]:
-    """(window, stride) an export records: the recipe's eval window, else 20 with stride half of it."""
-    w = r.eval.window or r.data.window or 20
-    return w, r.eval.stride or max(1, w // 2)
+    """(window, stride) an export records: the one eval-window default (lrt.ranking.default_window)."""
+    from lrt.ranking import default_window
+
+    return default_window(r.eval.window, r.eval.stride, r.data.window)
 
 
 class ListwiseFamily:
@@ -63,15 +64,14 @@ class ListwiseFamily:
         return id_ids is not None  # identifier logits need the identifiers' token ids
 
     def ranker(self, model: Any, tok: Any, template: Any, r: Recipe, *, window: int, stride: int) -> Any:
-        # the in-process ranking engine; lrt.ranking once the rerank package lands (one line)
-        from lrt.rerank import Reranker
+        from lrt.ranking import ListwiseRanker  # the in-process ranking engine
 
-        return Reranker(model, tok, template, window=window, stride=stride, max_length=r.data.max_length,
+        return ListwiseRanker(model, tok, template, window=window, stride=stride, max_length=r.data.max_length,
                         batch_size=r.eval.batch_size, padding_side=r.data.padding_side)
 
     def export_meta(self, r: Recipe, tok: Any) -> Any:
         from lrt.data.prompts import bos_outcome, rank_llm_serving
-        from lrt.rerank import RerankerMeta  # lrt.ranking once the rerank package lands
+        from lrt.ranking import RerankerMeta
 
         w, stride = export_window(r)
         template = prompt_template(r)

@@ -54,13 +54,13 @@ class PointwiseFamily:
 
     def ranker(self, model: Any, tok: Any, template: Any, r: Recipe, *, window: int, stride: int) -> Any:
         # one sequence per (query, candidate), eval.batch_size pairs per forward; no window
-        from lrt.rerank_pointwise import PointwiseReranker  # lrt.ranking once the rerank package lands
+        from lrt.ranking import PairRanker
 
-        return PointwiseReranker(model, tok, template, max_length=r.data.max_length, batch_size=r.eval.batch_size,
-                                 padding_side=r.data.padding_side)
+        return PairRanker(model, tok, template, max_length=r.data.max_length, batch_size=r.eval.batch_size,
+                          padding_side=r.data.padding_side)
 
     def export_meta(self, r: Recipe, tok: Any) -> Any:
-        from lrt.rerank import RerankerMeta  # lrt.ranking once the rerank package lands
+        from lrt.ranking import RerankerMeta
 
         t = pointwise_template(r)  # what training encoded: the recipe's prefix, suffix, instruction and BOS
         return RerankerMeta(template=t.to_dict(), window=r.eval.batch_size, stride=1, max_length=r.data.max_length,

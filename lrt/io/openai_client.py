@@ -1,7 +1,7 @@
 """One HTTP client for OpenAI-compatible endpoints (OpenAI, vLLM, SGLang, TGI): retries, concurrency, key.
 
 Shared by the data-prep teacher (`lrt.prep.openai_teacher`, chat completions) and the reranker's
-`openai` backend (`lrt.rerank_openai`, completions with top logprobs), so both retry, back off and
+`openai` backend (`lrt.rerank.openai`, completions with top logprobs), so both retry, back off and
 guard the API key the same way. Standard library only (urllib + threads): no SDK on a prep box.
 
 - Requests run concurrently up to `concurrency` (`map`); 429, 5xx, timeouts, dropped connections

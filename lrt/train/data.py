@@ -422,11 +422,3 @@ def ensure_encoded(root: Path, train: Any, tok: Any, params: dict[str, Any], enc
         log.info("data cache: %d lists tokenised in %.1fs -> %s", len(train), time.perf_counter() - t0, d)
     return cache.open_encoded(d)
 
-
-def prepare_family_data(r: Recipe, env: Any, objective: Any, family: Any) -> TrainData:
-    """The training data of `family`: pair groups encoded in memory, or listwise rows from the cache."""
-    if family.pairs:
-        from lrt.train.pointwise import prepare_pointwise_data
-
-        return prepare_pointwise_data(r, env, objective)
-    return prepare_data(r, env, objective)

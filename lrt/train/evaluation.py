@@ -16,12 +16,12 @@ from typing import Any, Sequence
 
 from lrt.data.schema import ListwiseExample
 from lrt.errors import LrtError
+from lrt.ranking.defaults import FIRST_STAGE_K, FIRST_STAGE_WARN, default_window  # noqa: F401 (re-exported)
+from lrt.ranking.defaults import first_stage_share as _first_stage_share
 
 log = logging.getLogger("lrt")
 
 METRIC_SUFFIX = {"qrels": "", "candidates": "_candidates", "teacher": "_teacher"}
-FIRST_STAGE_K = 10  # the top-k whose order is compared with the input order (first_stage_share)
-FIRST_STAGE_WARN = 0.9  # a share at or above this after training started is warned about
 
 
 def metric_keys(kind: str) -> tuple[str, str]:
@@ -50,22 +50,16 @@ def headline_key(rec: dict[str, Any]) -> str:
 
 
 def eval_window(r: Any, examples: Sequence[ListwiseExample]) -> tuple[int, int]:
-    """(window, stride) of in-training eval: eval.window, else data.window, else every candidate in
-    one window; stride eval.stride, else half the window. Exports record `export_window` (20/10 by
-    default), so the default differs: the lead unifies both in lrt.ranking (issue 22)."""
-    w = r.eval.window or r.data.window or max(len(e.candidates) for e in examples)
-    return w, r.eval.stride or max(1, w // 2)
+    """(window, stride) of in-training eval: the one default the export records too
+    (lrt.ranking.default_window: eval.window, else data.window, else 20; stride half of it)."""
+    return default_window(r.eval.window, r.eval.stride, r.data.window)
 
 
 def first_stage_share(rankings: dict[str, list[str]], examples: Sequence[ListwiseExample],
                       k: int = FIRST_STAGE_K) -> float:
     """Share of queries whose reranked top-k is exactly the input (first-stage) order's top-k: near 1,
-    the model only reproduces the first stage (issue 23)."""
-    initial = {e.qid: [c.docid for c in e.candidates] for e in examples}
-    qs = [q for q in rankings if q in initial]
-    if not qs:
-        return 0.0
-    return sum(rankings[q][:k] == initial[q][:k] for q in qs) / len(qs)
+    the model only reproduces the first stage (issue 23; lrt.ranking.first_stage_share)."""
+    return _first_stage_share(rankings, {e.qid: [c.docid for c in e.candidates] for e in examples}, k)
 
 
 def eval_judgements(examples: list[ListwiseExample], qrels_file: str | None = None

@@ -32,7 +32,7 @@ from lrt.errors import LrtError
 from lrt.modeling import load_model
 from lrt.scoring import unwrap
 from lrt.train import checkpoint as ckpt
-from lrt.train.data import MicroBatchStream, StepSampler, batch_to, length_grouping, prepare_family_data
+from lrt.train.data import MicroBatchStream, StepSampler, TrainData, batch_to, length_grouping, prepare_data
 from lrt.train.dist import DistEnv
 from lrt.train.evaluation import Evaluator, headline_key
 from lrt.train.metrics import MetricsLogger
@@ -119,6 +119,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     final_dir: Path | None = None
+
+
+def prepare_family_data(r: Recipe, env: Any, objective: Any, family: Any) -> TrainData:
+    """The training data of `family`: pair groups encoded in memory, or listwise rows from the cache."""
+    if family.pairs:
+        from lrt.train.pointwise import prepare_pointwise_data
+
+        return prepare_pointwise_data(r, env, objective)
+    return prepare_data(r, env, objective)
 
 
 class Trainer:

@@ -1,32 +1,34 @@
-"""`PointwiseReranker`: rerank with a pointwise yes/no model (scoring.mode=pointwise) exactly as trained.
+"""`PairRanker`: rerank with a pointwise yes/no model (scoring.mode=pointwise) exactly as trained.
 
 Every (query, candidate) pair is one sequence in the trained template (`lrt.data.pointwise`); its
 score is logit(yes) - logit(no) at the last token (fp32, two LM-head rows). Pairs of all queries are
 sorted by length and batched `batch_size` at a time; a query's order is its candidates by score
 (ties keep the first-stage order), and the returned scores are made strictly decreasing by the
-score rule of `lrt.rerank` (running minimum with margin SCORE_STEP), so TREC output never ties.
-Same public surface as `lrt.rerank.Reranker` (`rerank_many`, `rerank`, `last_stats`).
+score rule of `lrt.ranking` (running minimum with margin SCORE_STEP), so TREC output never ties.
+Same public surface as `ListwiseRanker` (`rerank_many`, `rerank`, `last_stats`).
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from lrt.data.pointwise import PointwiseTemplate, encode_pair, pad_pairs, yes_no_ids
+from lrt.data.pointwise import PointwiseTemplate, encode_pair_cut, pad_pairs, yes_no_ids
 from lrt.data.prompts import passage_text
 from lrt.data.schema import Candidate
 from lrt.errors import LrtError
-from lrt.rerank import META_FILE, Query, RerankerMeta, RerankStats, check_device, load_export_tokenizer, monotone_scores
+from lrt.ranking.modes import PAIR_MODES
+from lrt.ranking.defaults import first_stage_counts
+from lrt.ranking.stats import RerankStats, passage_lengths
+from lrt.ranking.windows import Query, monotone_scores
 from lrt.scoring import eval_mode, pointwise_scores
 
 
-class PointwiseReranker:
-    mode = "pointwise"
-    window = 1  # no windows: reported by `lrt rerank` as window 1, stride 1
+class PairRanker:
+    mode = PAIR_MODES[0]
+    window = 1  # no windows: one sequence per (query, passage) pair (stats unit "pair")
     stride = 1
 
     def __init__(self, model: nn.Module, tokenizer: Any, template: PointwiseTemplate, *, max_length: int = 4096,
@@ -40,28 +42,8 @@ class PointwiseReranker:
             raise LrtError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
         self.pad_id = int(pad)
         self.yes_id, self.no_id = yes_no_ids(tokenizer, template)
-        self.last_stats = RerankStats("pointwise", scores="logit")
+        self.last_stats = RerankStats(self.mode, scores="logit", unit="pair")
         self.progress_desc = "rerank"
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | None = None, dtype: torch.dtype | str = torch.float32,
-                        **overrides: Any) -> "PointwiseReranker":
-        from transformers import AutoModelForCausalLM
-
-        meta = RerankerMeta.load(path)
-        if meta.mode != "pointwise":
-            raise LrtError(f"{path}: a {meta.mode} model (lrt_reranker.json); --mode pointwise needs a pointwise export")
-        try:
-            template = PointwiseTemplate.from_dict(meta.template)
-        except TypeError as e:
-            raise LrtError(f"{path}/{META_FILE}: bad pointwise template ({e}); re-export the model") from None
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        tok = load_export_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(check_device(device)).eval()
-        kw: dict[str, Any] = {"max_length": meta.max_length}
-        kw.update({k: v for k, v in overrides.items() if v is not None and k in ("max_length", "batch_size")})
-        return cls(model, tok, template, **kw)
 
     @property
     def device(self) -> torch.device:
@@ -69,7 +51,9 @@ class PointwiseReranker:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """logit(yes) - logit(no) of each (query, passage text), batched by length."""
-        seqs = [encode_pair(self.tok, self.template, q, p, self.max_length) for q, p in pairs]
+        enc = [encode_pair_cut(self.tok, self.template, q, p, self.max_length) for q, p in pairs]
+        seqs = [ids for ids, _ in enc]
+        self.last_stats.windows_cut += sum(cut for _, cut in enc)  # pairs cut to fit max_length
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         out = [0.0] * len(seqs)
         with torch.no_grad(), eval_mode(self.model):
@@ -85,11 +69,12 @@ class PointwiseReranker:
 
     def rerank_many(self, queries: Iterable[Query], **_ignored: Any) -> dict[str, list[tuple[str, float]]]:
         qs = list(queries)
-        self.last_stats = RerankStats("pointwise", scores="logit", queries=len(qs))
+        st = self.last_stats = RerankStats(self.mode, scores="logit", unit="pair", queries=len(qs))
         t0 = time.perf_counter()
         pairs = [(q, passage_text(c.text, c.title)) for _, q, cands in qs for c in cands]
+        st.count_passages(passage_lengths(self.tok, [p for _, p in pairs]), self.template.max_passage_tokens)
         scores = self.score_pairs(pairs)
-        self.last_stats.windows = len(pairs)  # pairs scored
+        st.windows = len(pairs)  # pairs scored
         out: dict[str, list[tuple[str, float]]] = {}
         k = 0
         for qid, _, cands in qs:
@@ -99,7 +84,10 @@ class PointwiseReranker:
             k += len(cands)
             order = sorted(range(len(cands)), key=lambda j: (-s[j], j))
             out[qid] = list(zip([cands[j].docid for j in order], monotone_scores([s[j] for j in order])))
-        self.last_stats.seconds = time.perf_counter() - t0
+        st.first_stage_same, st.first_stage_queries = first_stage_counts(
+            {q: [d for d, _ in r] for q, r in out.items()}, {qid: [c.docid for c in cands] for qid, _, cands in qs},
+            st.first_stage_k)
+        st.seconds = time.perf_counter() - t0
         return out
 
     def rerank(self, query: str, passages: Sequence[Candidate | tuple[str, str]], **_: Any) -> list[tuple[str, float]]:

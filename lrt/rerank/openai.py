@@ -2,8 +2,8 @@
 
 Users serve FIRST models with vLLM or SGLang. This backend sends each window to the server's
 *completions* endpoint (`POST {base_url}/completions`), with the prompt rendered by lrt itself
-(`Reranker.encode_window`, i.e. the training template and passage budget), so the served model
-sees exactly the prompt it was trained on:
+(the ranking engine's `ScoreRequest` / `GenerateRequest`, i.e. the training template and passage
+budget), so the served model sees exactly the prompt it was trained on:
 
 - `first_token` / `full`: the prompt ends with "[" (rank_llm's fix for its vLLM breakage: read
   position 0, never generate two tokens and hope the first is "["); `max_tokens=1`,
@@ -34,15 +34,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from lrt.errors import LrtError
 from lrt.io.openai_client import OpenAIClient
-
-if TYPE_CHECKING:
-    from lrt.rerank import Reranker, Window
+from lrt.ranking import GenerateRequest, RerankStats, ScoreRequest
 
 log = logging.getLogger("lrt")
 PROMPT_FORMATS = ("text", "tokens")
@@ -97,29 +95,31 @@ def identifier_scores_by_id(pairs: Sequence[tuple[str, float]],
 
 
 class OpenAIBackend:
-    """Scores or decodes a `Reranker`'s windows through `client` (see the module docstring)."""
+    """A `lrt.ranking.WindowScorer`: scores or decodes the engine's windows through `client` (see
+    the module docstring). `tokenizer` is the export's, for the text transport."""
 
     name = "openai"
 
-    def __init__(self, client: OpenAIClient, model: str, *, logprobs: int | None = None,
+    def __init__(self, client: OpenAIClient, model: str, tokenizer: Any, *, logprobs: int | None = None,
                  prompt_format: str = "text") -> None:
         if prompt_format not in PROMPT_FORMATS:
             raise LrtError(f"prompt format {prompt_format!r}: choose one of {', '.join(PROMPT_FORMATS)}")
         if logprobs is not None and logprobs < 1:
             raise LrtError(f"--logprobs must be >= 1 (got {logprobs})")
         self.client, self.model, self.logprobs, self.prompt_format = client, model, logprobs, prompt_format
+        self.tok = tokenizer
         self._warned = False
         self.logprob_path: str | None = None  # "token_ids" or "top_k", set by the first scoring call's probe
 
     def __repr__(self) -> str:
         return f"OpenAIBackend({self.client.public_url!r}, model={self.model!r})"
 
-    def prompt(self, rr: "Reranker", ids: list[int]) -> str | list[int]:
+    def prompt(self, ids: list[int]) -> str | list[int]:
         """What goes into the request's `prompt`: token ids, or their text (BOS text stripped when
         the server's tokenizer will add it again)."""
         if self.prompt_format == "tokens":
             return list(ids)
-        tok = rr.tok
+        tok = self.tok
         text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if not self._warned and tok(text, add_special_tokens=False)["input_ids"] != list(ids):
             self._warned = True
@@ -139,26 +139,25 @@ class OpenAIBackend:
         raise LrtError(f"query {qid}: the server did not answer a window ({error}); check the server log, "
                        f"--base-url {self.client.public_url} and --model {self.model}")
 
-    def _payload(self, rr: "Reranker", item: "Window", n: int, exact: bool) -> dict[str, Any]:
-        enc = rr.encode_window(item)  # prompt + "[": the tokens up to the first identifier
-        p: dict[str, Any] = {"model": self.model, "prompt": self.prompt(rr, enc.input_ids), "max_tokens": 1,
+    def _payload(self, req: ScoreRequest, exact: bool) -> dict[str, Any]:
+        # prompt + "[": the tokens up to the first identifier
+        p: dict[str, Any] = {"model": self.model, "prompt": self.prompt(req.encoded.input_ids), "max_tokens": 1,
                              "temperature": 0, "return_tokens_as_token_ids": True}
         if exact:
-            p.update(logprobs=1, logprob_token_ids=rr._identifier_ids(n))
+            p.update(logprobs=1, logprob_token_ids=list(req.identifier_ids))
         else:
             p["logprobs"] = self.logprobs or DEFAULT_TOP_K
         return p
 
-    def _probe(self, rr: "Reranker", item: "Window", n: int) -> Any:
+    def _probe(self, req: ScoreRequest) -> Any:
         """Once per backend: does the server answer `logprob_token_ids` with every asked id? Returns
         the probe's answer when it does (it is that window's result), else None (path top_k)."""
-        ans = self.client.request("completions", self._payload(rr, item, n, exact=True), top_logprobs)
+        n = len(req.identifier_ids)
+        ans = self.client.request("completions", self._payload(req, exact=True), top_logprobs)
         if ans.value is None and "bad_response" in (ans.error or ""):
             # a 200 answer that is malformed after the retries is a broken server, not a missing feature
-            from lrt.rerank import _unpack
-
-            self._raise_unanswered(_unpack(item)[0], ans.error)
-        want = {f"token_id:{i}" for i in rr._identifier_ids(n)}
+            self._raise_unanswered(req.qid, ans.error)
+        want = {f"token_id:{i}" for i in req.identifier_ids}
         ok = ans.value is not None and want <= {t for t, _ in ans.value[0]}
         self.logprob_path = "token_ids" if ok else "top_k"
         if not ok:
@@ -169,64 +168,50 @@ class OpenAIBackend:
                         n, ans.error or "the asked ids were not all returned", k, n)
         return ans if ok else None
 
-    def score_windows(self, rr: "Reranker", items: Sequence["Window"]) -> list[torch.Tensor]:
-        from lrt.rerank import _unpack
-
-        unpacked = [_unpack(it) for it in items]
-        sizes = [len(c) for _, _, c in unpacked]
-        rr._identifier_ids(max(sizes))
-        big = max(range(len(items)), key=sizes.__getitem__)  # probe with the most identifiers of the run's first call
-        first = self._probe(rr, items[big], sizes[big]) if self.logprob_path is None else None
+    def score(self, requests: Sequence[ScoreRequest], stats: RerankStats) -> list[torch.Tensor]:
+        sizes = [len(r.identifier_ids) for r in requests]
+        big = max(range(len(requests)), key=sizes.__getitem__)  # probe with the most identifiers of the run's first call
+        first = self._probe(requests[big]) if self.logprob_path is None else None
         exact = self.logprob_path == "token_ids"
-        todo = [i for i in range(len(items)) if first is None or i != big]
-        payloads = [self._payload(rr, items[i], sizes[i], exact) for i in todo]
+        todo = [i for i in range(len(requests)) if first is None or i != big]
+        payloads = [self._payload(requests[i], exact) for i in todo]
         got = self.client.map(lambda p: self.client.request("completions", p, top_logprobs), payloads,
                               thread_name="lrt-rerank")
-        answers: list[Any] = [None] * len(items)
+        answers: list[Any] = [None] * len(requests)
         for i, a in zip(todo, got):
             answers[i] = a
         if first is not None:
             answers[big] = first
         out: list[torch.Tensor] = []
-        st = rr._stats
-        st.logprob_path = self.logprob_path
-        st.top_logprobs = 0 if exact else (self.logprobs or DEFAULT_TOP_K)
-        for (qid, _, cands), ans in zip(unpacked, answers):
+        stats.logprob_path = self.logprob_path
+        stats.top_logprobs = 0 if exact else (self.logprobs or DEFAULT_TOP_K)
+        for req, ans in zip(requests, answers):
             if ans.value is None:
-                self._raise_unanswered(qid, ans.error)
+                self._raise_unanswered(req.qid, ans.error)
             pairs, usage = ans.value
-            scores, missing = identifier_scores_by_id(pairs, rr._identifier_ids(len(cands)))
-            st.missing_identifiers += missing
-            st.windows_with_missing += bool(missing)
-            st.batches += 1
-            st.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            scores, missing = identifier_scores_by_id(pairs, req.identifier_ids)
+            stats.missing_identifiers += missing
+            stats.windows_with_missing += bool(missing)
+            stats.batches += 1
+            stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             out.append(torch.tensor(scores, dtype=torch.float32))
         return out
 
-    def generate_windows(self, rr: "Reranker", items: Sequence["Window"]) -> list[list[int]]:
-        from lrt.rerank import _unpack
-
-        unpacked = [_unpack(it) for it in items]
-        payloads = []
-        for it in items:
-            enc = rr.encode_window(it, for_generate=True)
-            target = len(enc.input_ids) - enc.target_start
-            n_new = target if rr.gen_force_length else target + rr.gen_margin
-            # vLLM drops special tokens (`<id_k>`) from the text and spaces them out by default; lrt's
-            # in-process decode keeps them as they are (servers without these fields ignore them)
-            payloads.append({"model": self.model, "prompt": self.prompt(rr, enc.input_ids[: enc.target_start]),
-                             "max_tokens": n_new, "temperature": 0, "skip_special_tokens": False,
-                             "spaces_between_special_tokens": False})
+    def generate(self, requests: Sequence[GenerateRequest], stats: RerankStats) -> list[str]:
+        # vLLM drops special tokens (`<id_k>`) from the text and spaces them out by default; lrt's
+        # in-process decode keeps them as they are (servers without these fields ignore them)
+        payloads = [{"model": self.model, "prompt": self.prompt(r.prompt_ids), "max_tokens": r.max_new_tokens,
+                     "temperature": 0, "skip_special_tokens": False, "spaces_between_special_tokens": False}
+                    for r in requests]
         answers = self.client.map(lambda p: self.client.request("completions", p, completion_text), payloads,
                                   thread_name="lrt-rerank")
-        out: list[list[int]] = []
-        st = rr._stats
-        for (qid, _, cands), ans in zip(unpacked, answers):
+        out: list[str] = []
+        for req, ans in zip(requests, answers):
             if ans.value is None:
-                self._raise_unanswered(qid, ans.error)
+                self._raise_unanswered(req.qid, ans.error)
             text, usage = ans.value
-            st.batches += 1
-            st.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            st.generated_tokens += int(usage.get("completion_tokens") or 0)
-            out.append(rr._parse(text, len(cands)))
+            stats.batches += 1
+            stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            stats.generated_tokens += int(usage.get("completion_tokens") or 0)
+            out.append(text)
         return out

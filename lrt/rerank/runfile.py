@@ -5,7 +5,7 @@ and kept in first-stage order rather than dropped: dropping a query or document 
 change what trec_eval averages over. Output per query: the reranked top-k with the model's scores
 (the score rule of `lrt.rerank`), then top-k documents without text (skip mode), then the rest of
 the run in first-stage order, scored 1, 2, ... below the last reranked one: scores are unique and
-decreasing. An output path ending in .jsonl is written as rank_llm results (`lrt.io.rank_llm`).
+decreasing. An output path ending in .jsonl is written as rank_llm results (`lrt.data.rank_llm`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from lrt.data.schema import Candidate
 from lrt.errors import DataError, LrtError
 from lrt.io.atomic import atomic_write
 from lrt.io.trec import read_corpus_subset, read_run, read_topics
-from lrt.rerank import Query
+from lrt.ranking.windows import Query
 
 
 @dataclass
@@ -71,7 +71,7 @@ def plan_inputs(run_path: str, topics_path: str, corpus_path: str, top_k: int, o
 
 def plan_requests(path: str, top_k: int) -> Plan:
     """rank_llm requests: each request's candidates in order, the first `top_k` reranked."""
-    from lrt.io.rank_llm import read_requests
+    from lrt.data.rank_llm import read_requests
 
     plan = Plan()
     for req in read_requests(path):
@@ -112,7 +112,7 @@ def same_file(a: str, b: str) -> bool:
 
 def check_export(path: str, flag: str = "--model") -> None:
     """lrt_reranker.json parses and the tokenizer files are there (cheap; before reading any input)."""
-    from lrt.rerank import TOKENIZER_FILES, RerankerMeta
+    from lrt.ranking import TOKENIZER_FILES, RerankerMeta
 
     if not Path(path).is_dir():
         raise LrtError(f"{flag} {path}: not a directory; give an exported model (`lrt export` / RUN_DIR/final)")
@@ -152,7 +152,7 @@ def merged(plan: Plan, ranked: dict[str, list[tuple[str, float]]]) -> dict[str, 
 
 def write_output(path: str, plan: Plan, final: dict[str, list[tuple[str, float]]], tag: str) -> None:
     if path.endswith(".jsonl"):
-        from lrt.io.rank_llm import write_results
+        from lrt.data.rank_llm import write_results
 
         write_results(path, [(qid, plan.query_text.get(qid, ""), [(d, s, plan.docs.get(d, {})) for d, s in final[qid]])
                              for qid in plan.order])

@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="exported model directory (has lrt_reranker.json); with --backend openai: the served model name")
     p.add_argument("--run", default=None, help="first-stage TREC run: qid Q0 docid rank score tag")
-    p.add_argument("--queries", "--topics", dest="queries", default=None, help="qid<TAB>text TSV or JSON {qid: text}")
-    p.add_argument("--corpus", default=None, help="docid<TAB>[title<TAB>]text TSV or JSONL with docid/text")
+    p.add_argument("--queries", "--topics", dest="queries", default=None, help="qid<TAB>text TSV, JSON {qid: text}, BEIR queries.jsonl ({_id, text}) or a BEIR folder")
+    p.add_argument("--corpus", default=None, help="docid<TAB>[title<TAB>]text TSV, JSONL with docid/text (BEIR corpus.jsonl: _id/title/text) or a BEIR folder")
     p.add_argument("--requests", default=None,
                    help="rank_llm request JSONL ({query: {qid, text}, candidates: [{docid, score, doc}]}) instead of "
                         "--run/--queries/--corpus")
